@@ -1,0 +1,246 @@
+"""Command line: ``python -m frpt {train,evaluate,retrieve,embed,info}``.
+
+Machine-readable results are one JSON object on the last line of stdout; progress goes to stderr. Bad input
+(an unreadable image, a foreign checkpoint, a broken dataset folder) prints one sentence and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import PRESETS, VARIANTS, model_config, train_config
+from .errors import FRPTError
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="cub, cars, aircraft, folder or synthetic")
+    p.add_argument("--root", help="dataset folder (not needed for synthetic)")
+    p.add_argument("--split-file", help="folder datasets: lines '<class> train|test'")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="inference precision for embeddings (bf16: faster on CPUs with avx512_bf16)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_args(p: argparse.ArgumentParser, preset_required: bool = False) -> None:
+    p.add_argument("--preset", choices=(*PRESETS, "pt"), default=None if preset_required else "paper",
+                   help="paper or official (pt = frozen backbone's pooled features, nothing trained)")
+    p.add_argument("--variant", choices=VARIANTS, default=None, help="Table 1 row (default frpt)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="timm model name")
+    p.add_argument("--backbone-weights", help="local .safetensors/.pth for backbones without packaged weights")
+    p.add_argument("--input-size", type=int, default=None)
+
+
+def _resolve_preset(args: argparse.Namespace) -> tuple[str, str]:
+    preset = args.preset or "paper"
+    if preset == "pt":
+        return "paper", "pt"
+    return preset, args.variant or "frpt"
+
+
+def _dataset(args: argparse.Namespace, split: str, input_size: int, train: bool = False, recipe: str = "paper"):
+    from .data import build_dataset, build_transform
+
+    kwargs: dict[str, Any] = {}
+    if args.split_file:
+        kwargs["split_file"] = args.split_file
+    return build_dataset(args.dataset, split, root=args.root,
+                         transform=build_transform(input_size, train=train, recipe=recipe), **kwargs)
+
+
+def _dataset_info(args: argparse.Namespace) -> dict[str, Any]:
+    return {"name": args.dataset, "root": str(Path(args.root).resolve()) if args.root else None}
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _build_untrained(args: argparse.Namespace, preset: str, variant: str, num_classes: int = 0):
+    """Model for ``preset``/``variant``; its input size defaults to the backbone's (timm data config)."""
+    from dataclasses import replace
+
+    from .models import build_model
+
+    model = build_model(model_config(preset, variant, backbone=args.backbone, num_classes=num_classes),
+                        args.backbone_weights)
+    model.config = replace(model.config, input_size=args.input_size or model.backbone.default_input_size)
+    return model
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    preset, variant = _resolve_preset(args)
+    tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                        workers=args.workers, eval_every=args.eval_every)
+    size = args.input_size
+    if size is None:
+        size = _build_untrained(args, preset, "pt").config.input_size
+    train_set = _dataset(args, "train", size, train=True, recipe=tcfg.recipe)
+    test_set = _dataset(args, "test", size)
+    torch.manual_seed(tcfg.seed)  # initial weights of the learned parts
+    args.input_size = size
+    model = _build_untrained(args, preset, variant, num_classes=len(train_set.classes))
+    card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes), dataset_info=_dataset_info(args),
+                 test_set=test_set, resume=args.resume, device=args.device, progress=not args.quiet,
+                 eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches)
+    _emit({"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]})
+    return 0
+
+
+def _model_from_args(args: argparse.Namespace):
+    """A checkpoint, or the frozen backbone for ``--preset pt --backbone B`` (nothing to train)."""
+    from .checkpoint import load_checkpoint
+
+    if getattr(args, "checkpoint", None):
+        return load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
+    if not args.preset:
+        raise FRPTError("Pass --checkpoint DIR, or --preset pt --backbone NAME for the frozen baseline.")
+    preset, variant = _resolve_preset(args)
+    if variant != "pt":
+        raise FRPTError(f"An untrained {preset}/{variant} model retrieves nothing useful; pass --checkpoint DIR "
+                        "(or --preset pt for the frozen backbone).")
+    model = _build_untrained(args, preset, variant)
+    card = {"input_size": model.config.input_size, "preset": preset, "variant": variant}
+    return model.to(args.device).eval(), card
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    model, card = _model_from_args(args)
+    test_set = _dataset(args, "test", args.input_size or card["input_size"])
+    metrics = evaluate(model, test_set, batch_size=args.batch_size or 64, device=args.device,
+                       precision=args.precision, progress=not args.quiet)
+    _emit({"dataset": args.dataset, "preset": card["preset"], "variant": card["variant"],
+           "backbone": model.config.backbone, "input_size": card["input_size"], "precision": args.precision, **metrics})
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .gallery import gallery_embeddings
+
+    model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
+    dataset = _dataset(args, args.split, card["input_size"])
+    gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
+                                 precision=args.precision, progress=not args.quiet, recompute=args.recompute)
+    result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids)}
+    if not args.no_umap:
+        from .projection import gallery_umap
+        result["umap"] = str(gallery_umap(gallery).path)
+    _emit(result)
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import build_transform, open_image
+    from .gallery import gallery_embeddings
+    from .index import RetrievalIndex
+
+    model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
+    query = build_transform(card["input_size"], train=False)(open_image(args.query))[None]
+    dataset = _dataset(args, "test", card["input_size"])
+    gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
+                                 precision=args.precision, progress=not args.quiet)
+    with torch.no_grad():
+        q = model.embed(query.to(args.device)).float().cpu().numpy()
+    scores, idx = RetrievalIndex(gallery.embeddings.after).search(q, args.k)
+    labels = gallery.embeddings.labels
+    results = [{"rank": r + 1, "path": gallery.ids[i], "label": int(labels[i]), "class": gallery.classes[labels[i]],
+                "score": round(float(s), 6)} for r, (s, i) in enumerate(zip(scores[0], idx[0]))]
+    _emit({"query": str(args.query), "k": args.k, "results": results})
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+
+    if args.checkpoint:
+        model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights)
+        extra = {"epoch": card.get("epoch"), "metrics": card.get("metrics", {})}
+    else:
+        preset, variant = _resolve_preset(args)
+        model = _build_untrained(args, preset, variant, num_classes=args.num_classes)
+        extra = {}
+    report = model.parameter_report()
+    for name, counts in report.items():
+        print(f"{name:>9}: {counts['learned']:>12,} learned  {counts['frozen']:>12,} frozen", file=sys.stderr)
+    _emit({"preset": model.config.preset, "variant": model.config.variant, "backbone": model.config.backbone,
+           "num_classes": model.config.num_classes, "parameters": report, **extra})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m frpt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a preset/variant; checkpoint every epoch")
+    _add_data_args(p); _add_model_args(p); _add_runtime_args(p)  # noqa: E702
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--limit-batches", type=int, help="cap batches per epoch (smoke runs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")
+    _add_data_args(p); _add_model_args(p, preset_required=True); _add_runtime_args(p)  # noqa: E702
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embed", help="store gallery embeddings (and UMAP) beside a checkpoint")
+    _add_data_args(p); _add_runtime_args(p)  # noqa: E702
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backbone-weights")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--no-umap", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("retrieve", help="top-K test images for a query image")
+    _add_data_args(p); _add_runtime_args(p)  # noqa: E702
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backbone-weights")
+    p.add_argument("--query", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("info", help="learned vs frozen parameters per module")
+    _add_model_args(p, preset_required=True)
+    p.add_argument("--checkpoint")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if args.command == "info" and not args.checkpoint and not args.preset:
+        args.preset = "paper"
+    try:
+        return args.func(args)
+    except FRPTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,134 @@
+"""Model and training configurations, and the two named presets.
+
+``paper`` follows the AAAI 2023 text (Eqs. 1-10, Sec. "Implementation Details"); ``official`` follows the
+released code (github.com/Pual2013/FRPT, ``saliency_sampler.py``, ``retrieval_head.py``, ``cub.yml``).
+../shared/research/frpt-paper.md lists every difference. Configs are plain dataclasses so that a checkpoint
+stores them as JSON (``dataclasses.asdict``) and never as pickled objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+PRESETS = ("paper", "official")
+# Table 1 rows. "pt" = frozen backbone's pooled features, nothing trained.
+VARIANTS = ("frpt", "dpp+pt", "pt+cah", "no-in", "finetune", "pt")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild an FRPT model (the backbone weights aside)."""
+
+    preset: str = "paper"
+    variant: str = "frpt"
+    backbone: str = "efficientnet_lite0"
+    num_classes: int = 0
+    input_size: int = 224
+    # DPP (Sec. 3.2). paper: block-1 (stride 4) features, one sigma x sigma kernel, sigma = 31 (Eq. 1).
+    # official: stride-16 stage, ReLU, 1x1 conv with bias.
+    saliency_stride: int = 4
+    saliency_kernel: int = 31
+    saliency_relu: bool = False
+    saliency_bias: bool = False
+    grid_size: int = 31      # Recasens et al. sampler, as in the released saliency_sampler.py
+    grid_padding: int = 30
+    gaussian_fwhm: float = 13.0
+    # CAH (Sec. 3.3, Eqs. 7-9). official adds a 1x1 + 3x3 conv block after the gated IN.
+    se_reduction: int = 8
+    head_conv_block: bool = False
+    # Embedding: paper = GAP + linear classifier; official = GeM(p=3) + BNNeck (bias frozen at 0).
+    pooling: str = "avg"
+    bnneck: bool = False
+    classifier_bias: bool = True
+
+    @property
+    def use_dpp(self) -> bool:
+        return self.variant in ("frpt", "dpp+pt", "no-in")
+
+    @property
+    def use_cah(self) -> bool:
+        return self.variant in ("frpt", "pt+cah", "no-in")
+
+    @property
+    def cah_instance_norm(self) -> bool:
+        return self.variant != "no-in"
+
+    @property
+    def finetune(self) -> bool:
+        return self.variant == "finetune"
+
+    @property
+    def trainable(self) -> bool:
+        return self.variant != "pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe. Defaults are the paper's; ``official`` overrides them (frpt-paper.md Sec. 2)."""
+
+    epochs: int = 500
+    batch_size: int = 32
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_weight_decay: bool = True
+    schedule: str = "step"          # "step": x gamma every step_epochs; "cosine": linear warm-up then cosine
+    step_epochs: int = 50
+    step_gamma: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0          # per-parameter L2 clip, as fast-reid's clip_gradients ("value" mode)
+    recipe: str = "paper"           # train-time augmentation, see frpt.data.transforms
+    seed: int = 0
+    workers: int = 0
+    eval_every: int = 0             # evaluate R@1 on the test split every N epochs (0 = never)
+
+
+_PRESET_MODEL: dict[str, dict[str, Any]] = {
+    "paper": dict(saliency_stride=4, saliency_kernel=31, saliency_relu=False, saliency_bias=False,
+                  se_reduction=8, head_conv_block=False, pooling="avg", bnneck=False, classifier_bias=True),
+    "official": dict(saliency_stride=16, saliency_kernel=1, saliency_relu=True, saliency_bias=True,
+                     se_reduction=1, head_conv_block=True, pooling="gem", bnneck=True, classifier_bias=False),
+}
+_PRESET_TRAIN: dict[str, dict[str, Any]] = {
+    "paper": dict(epochs=500, batch_size=32, lr=1e-3, momentum=0.9, weight_decay=1e-4, schedule="step",
+                  step_epochs=50, step_gamma=0.9, label_smoothing=0.0, grad_clip=0.0, recipe="paper"),
+    # cub.yml: momentum 0, wd 5e-4 (0 on biases), 1000 warm-up iterations from 0.1x, cosine to 2e-5,
+    # per-parameter gradient clipping at 5, CE with label smoothing 0.3.
+    "official": dict(epochs=500, batch_size=256, lr=0.02, momentum=0.0, weight_decay=5e-4,
+                     bias_weight_decay=False, schedule="cosine", warmup_iters=1000, warmup_factor=0.1,
+                     min_lr=2e-5, label_smoothing=0.3, grad_clip=5.0, recipe="official"),
+}
+
+
+def model_config(preset: str = "paper", variant: str = "frpt", **overrides: Any) -> ModelConfig:
+    """Resolve a preset and a Table 1 variant into a :class:`ModelConfig`."""
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if variant not in VARIANTS:
+        raise ConfigError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    return ModelConfig(preset=preset, variant=variant, **{**_PRESET_MODEL[preset], **overrides})
+
+
+def train_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """The preset's optimisation recipe with ``overrides`` (e.g. from the CLI) applied; None values are ignored."""
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig(**{**_PRESET_TRAIN[preset], **given})
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from JSON, rejecting unknown keys (a card from another version or tool)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Configuration has unknown fields {unknown}; it was written by another tool or version.")
+    return cls(**data)
+
+
+__all__ = ["PRESETS", "VARIANTS", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]

@@ -1,0 +1,96 @@
+"""The FRPT model: frozen backbone + DPP + CAH + embedding head (paper Fig. 1)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .backbone import Backbone
+from .head import CategoryAwarenessHead, EmbeddingHead
+from .prompt import DiscriminativePerturbationPrompt, PromptOutput
+
+
+@dataclass
+class FRPTOutput:
+    """Everything one forward pass produces; ``prompt`` is None for variants without DPP."""
+
+    embedding: torch.Tensor          # (N, D) retrieval embedding, after the head
+    pre_head: torch.Tensor           # (N, D) pooled backbone features of the (warped) image, before CAH
+    logits: torch.Tensor | None      # (N, num_classes) training classifier
+    prompt: PromptOutput | None
+
+
+class FRPT(nn.Module):
+    """Fine-Grained Retrieval Prompt Tuning.
+
+    Inputs are float images in [0, 1]; the model normalises them with the backbone's mean/std *after* the DPP
+    warp, so the sampler's zero padding is black in display space. Paper path: original image -> frozen stages
+    up to the saliency stride -> A -> warp -> whole frozen backbone -> CAH -> pooling -> embedding.
+    """
+
+    def __init__(self, config: ModelConfig, backbone: Backbone):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, -1, 1, 1), persistent=False)
+        c = backbone.num_features
+        self.prompt = DiscriminativePerturbationPrompt(
+            backbone.stage_channels(config.saliency_stride), config.saliency_kernel, config.saliency_relu,
+            config.saliency_bias, config.grid_size, config.grid_padding, config.gaussian_fwhm,
+        ) if config.use_dpp else None
+        self.cah = CategoryAwarenessHead(c, config.se_reduction, config.cah_instance_norm,
+                                         config.head_conv_block) if config.use_cah else None
+        self.head = EmbeddingHead(c, config.num_classes if config.trainable else 0,
+                                  config.pooling if config.trainable else "avg",
+                                  config.bnneck and config.trainable, config.classifier_bias)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def run_prompt(self, images: torch.Tensor, temperature: float = 1.0) -> PromptOutput | None:
+        """The DPP alone: saliency from the frozen backbone's own features, then the warp (Eqs. 1-6)."""
+        if self.prompt is None:
+            return None
+        features = self.backbone.stage_features(self.normalize(images), self.config.saliency_stride)
+        return self.prompt(images, features, temperature)
+
+    def forward(self, images: torch.Tensor, temperature: float = 1.0) -> FRPTOutput:
+        prompt = self.run_prompt(images, temperature)
+        feature_map = self.backbone(self.normalize(prompt.warped if prompt is not None else images))
+        pre_head = self.head.pool(feature_map)
+        refined = self.cah(feature_map) if self.cah is not None else feature_map
+        embedding, logits = self.head(refined)
+        return FRPTOutput(embedding=embedding, pre_head=pre_head, logits=logits, prompt=prompt)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Retrieval embedding (not normalised); compare with cosine similarity."""
+        return self.forward(images).embedding
+
+    def learned_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a checkpoint stores: everything except the frozen backbone (parameters and BN statistics)."""
+        skip = () if self.config.finetune else ("backbone.",)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+    def parameter_report(self) -> dict[str, dict[str, int]]:
+        """Learned vs frozen parameter counts per module (``frpt info``)."""
+        report = {}
+        for name in ("backbone", "prompt", "cah", "head"):
+            module = getattr(self, name)
+            if module is None:
+                continue
+            params = list(module.parameters())
+            report[name] = {"learned": sum(p.numel() for p in params if p.requires_grad),
+                            "frozen": sum(p.numel() for p in params if not p.requires_grad)}
+        report["total"] = {k: sum(r[k] for r in report.values()) for k in ("learned", "frozen")}
+        return report
+
+
+def build_model(config: ModelConfig, backbone_weights: str | os.PathLike | None = None) -> FRPT:
+    """Build FRPT for ``config``. The backbone is frozen unless the variant is ``finetune``."""
+    backbone = Backbone(config.backbone, backbone_weights, frozen=not config.finetune)
+    return FRPT(config, backbone)

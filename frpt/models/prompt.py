@@ -1,0 +1,53 @@
+"""DPP: the discriminative perturbation prompt (paper Sec. 3.2).
+
+Content parsing (Eqs. 1-2) turns frozen backbone features of the original image into a spatial softmax
+("discriminative projection map" A); content-aware inhomogeneous sampling (Eqs. 3-6, :mod:`.sampler`) warps
+the image with it so discriminative parts are magnified before the same frozen backbone sees the image again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sampler import SaliencySampler
+
+
+@dataclass
+class PromptOutput:
+    warped: torch.Tensor    # (N, 3, H, W) the perturbed image I_P, same value range as the input
+    saliency: torch.Tensor  # (N, 1, g, g) A, sums to 1 over space
+    grid: torch.Tensor      # (N, H, W, 2) where each output pixel reads the input, in [-1, 1]
+
+
+class DiscriminativePerturbationPrompt(nn.Module):
+    """Saliency head + sampler.
+
+    paper preset: one ``kernel x kernel`` conv (sigma = 31, Eq. 1) on stride-4 features, no bias (a bias is
+    meaningless before a softmax). official preset: ReLU then a 1x1 conv with bias on stride-16 features.
+    Either way the logits are resized to the sampler's ``grid_size`` and softmaxed over the grid (Eq. 2).
+    """
+
+    def __init__(self, in_channels: int, kernel_size: int = 31, relu: bool = False, bias: bool = False,
+                 grid_size: int = 31, grid_padding: int = 30, gaussian_fwhm: float = 13.0):
+        super().__init__()
+        self.relu = relu
+        self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.sampler = SaliencySampler(grid_size, grid_padding, gaussian_fwhm)
+        self.grid_size = grid_size
+
+    def saliency(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """A (Eq. 2): softmax over the g x g grid. ``temperature`` < 1 sharpens it (display control only)."""
+        x = F.relu(features) if self.relu else features
+        logits = self.conv(x)
+        if logits.shape[-1] != self.grid_size or logits.shape[-2] != self.grid_size:
+            logits = F.interpolate(logits, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=True)
+        n = logits.shape[0]
+        return F.softmax(logits.float().view(n, -1) / temperature, dim=1).view(n, 1, self.grid_size, self.grid_size)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> PromptOutput:
+        saliency = self.saliency(features, temperature)
+        warped, grid = self.sampler(image, saliency)
+        return PromptOutput(warped=warped, saliency=saliency, grid=grid)

@@ -1,0 +1,183 @@
+"""Training: only the DPP, CAH and embedding head learn (all of the backbone for ``finetune``).
+
+Every epoch ends with an atomic checkpoint (see :mod:`frpt.checkpoint`) and an atomically rewritten
+``log.csv``. Randomness is re-seeded from (seed, epoch) at the start of each epoch, so a run resumed with
+``--resume`` after being killed continues exactly as an uninterrupted run with the same seed would.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import CARD, load_card, load_train_state, read_tensors, save_checkpoint, verified_file
+from .config import TrainConfig
+from .errors import CheckpointError
+from .evaluation import evaluate
+from .fileio import atomic_write_text
+from .losses import cross_entropy
+from .metrics import retrieval_metrics
+from .models import FRPT
+
+LOG = "log.csv"
+LOG_FIELDS = ("epoch", "train_loss", "lr", "recall@1", "seconds")
+
+
+def lr_at(cfg: TrainConfig, epoch: int, iteration: int, iters_per_epoch: int) -> float:
+    """Learning rate for global ``iteration`` in ``epoch`` (both from 0).
+
+    step (paper): lr x gamma every ``step_epochs`` epochs. cosine (released code): linear warm-up from
+    ``warmup_factor`` x lr over ``warmup_iters`` iterations, then per-epoch cosine annealing to ``min_lr``.
+    """
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** (epoch // cfg.step_epochs)
+    if iteration < cfg.warmup_iters:
+        alpha = iteration / cfg.warmup_iters
+        return cfg.lr * (cfg.warmup_factor * (1 - alpha) + alpha)
+    warmup_epochs = math.ceil(cfg.warmup_iters / max(1, iters_per_epoch))
+    span = max(1, cfg.epochs - warmup_epochs)
+    t = min(1.0, max(0, epoch - warmup_epochs) / span)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(model: FRPT, cfg: TrainConfig) -> torch.optim.SGD:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if (not cfg.bias_weight_decay and name.endswith("bias")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _optimizer_tensors(model: FRPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"momentum.{names[id(p)]}"] = buf
+    return out
+
+
+def _restore_optimizer(model: FRPT, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name = key.removeprefix("momentum.")
+        if name not in params:
+            raise CheckpointError(f"Training state names an unknown parameter {name!r}; start a fresh run.")
+        optimizer.state[params[name]]["momentum_buffer"] = value.clone()
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, str]]:
+    path = Path(out_dir) / LOG
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_log(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / LOG, buf.getvalue())
+
+
+def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
+    return cfg.seed * 1_000_003 + epoch
+
+
+def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
+          dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
+          device: str | torch.device = "cpu", progress: bool = True, eval_batch_size: int = 64,
+          limit_batches: int | None = None) -> dict[str, Any]:
+    """Train ``model`` for ``cfg.epochs`` epochs, checkpointing into ``out_dir`` after each; returns the card."""
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    start_epoch, rows = 0, []
+    if resume and (out_dir / CARD).is_file():
+        card = load_card(out_dir)
+        if card["model"] != asdict(model.config) or card.get("train") != asdict(cfg):
+            raise CheckpointError(f"{out_dir} holds a run with another model or training config; "
+                                  "resume with the same options, or choose a new --out folder.")
+        tensors = read_tensors(verified_file(out_dir, card, "weights"))
+        model.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=False)
+        _restore_optimizer(model, optimizer, {k: v.to(device) for k, v in (load_train_state(card) or {}).items()})
+        start_epoch = int(card["epoch"])
+        rows = [r for r in read_log(out_dir) if int(r["epoch"]) <= start_epoch]
+    elif (out_dir / CARD).is_file():
+        raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    iters_per_epoch = len(train_set) // cfg.batch_size if limit_batches is None else limit_batches
+    if iters_per_epoch == 0:
+        raise CheckpointError(f"The training split has {len(train_set)} images, fewer than one batch of "
+                              f"{cfg.batch_size}; lower --batch-size.")
+    card: dict[str, Any] = {}
+    if not model.config.trainable or start_epoch >= cfg.epochs:
+        metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=progress) if test_set else {}
+        return load_card(save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
+                                         epoch=start_epoch, metrics=metrics,
+                                         train_state=_optimizer_tensors(model, optimizer)).parent)
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        seed = _epoch_seed(cfg, epoch)
+        torch.manual_seed(seed)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                            num_workers=cfg.workers, generator=torch.Generator().manual_seed(seed))
+        model.train()
+        total, seen, lr = 0.0, 0, cfg.lr
+        bar = tqdm(loader, total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   unit="batch")
+        for step, (images, targets, _) in enumerate(bar):
+            if step >= iters_per_epoch:
+                break
+            lr = lr_at(cfg, epoch, epoch * iters_per_epoch + step, iters_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, targets = images.to(device), targets.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(images).logits
+            loss = cross_entropy(logits, targets, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:  # released code: each parameter's gradient clipped to L2 norm <= 5 separately
+                scaler.unscale_(optimizer)
+                for p in model.parameters():
+                    if p.grad is not None:
+                        torch.nn.utils.clip_grad_norm_([p], cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.item() * len(targets)
+            seen += len(targets)
+            bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}")
+        done = epoch + 1
+        metrics: dict[str, Any] = {}
+        last = done == cfg.epochs
+        if test_set is not None and (last or (cfg.eval_every and done % cfg.eval_every == 0)):
+            metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=False)
+        rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
+                     "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
+        _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
+        save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
+                        metrics=metrics, train_state=_optimizer_tensors(model, optimizer))
+        card = load_card(out_dir)
+    return card
+
+
+__all__ = ["train", "lr_at", "build_optimizer", "read_log", "retrieval_metrics", "LOG"]

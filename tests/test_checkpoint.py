@@ -1,0 +1,65 @@
+"""Checkpoint round trip: learned tensors only, identical embeddings after reload, card contents."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from frpt.checkpoint import load_card, load_checkpoint, save_checkpoint
+from frpt.config import model_config, train_config
+from frpt.models import RANDOM_WEIGHTS, FRPT, Backbone, build_model
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_round_trip_gives_identical_embeddings(tmp_path, preset):
+    torch.manual_seed(0)
+    model = build_model(model_config(preset, "frpt", num_classes=3, input_size=64))
+    model.train()
+    model(torch.rand(4, 3, 64, 64))  # move BNNeck / conv-block running statistics away from their init
+    model.eval()
+    save_checkpoint(tmp_path, model, classes=["a", "b", "c"], dataset={"name": "synthetic", "root": None},
+                    train=train_config(preset), epoch=3, metrics={"recall@1": 0.5})
+    loaded, card = load_checkpoint(tmp_path)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).embedding, loaded(x).embedding)
+    tensors = load_file(str(tmp_path / card["files"]["weights"]))
+    assert not any(k.startswith("backbone.") for k in tensors)  # the frozen backbone is rebuilt, not stored
+    assert card["preset"] == preset and card["epoch"] == 3 and card["classes"] == ["a", "b", "c"]
+    assert card["backbone"]["weights_sha256"] == model.backbone.weights_sha256
+    assert card["mean"] == [0.5, 0.5, 0.5] and card["input_size"] == 64
+
+
+def test_advancing_a_checkpoint_removes_the_files_the_new_card_no_longer_names(tmp_path):
+    model = build_model(model_config("paper", "dpp+pt", num_classes=2, input_size=64))
+    for epoch in (1, 2):
+        save_checkpoint(tmp_path, model, classes=["a", "b"], dataset={}, epoch=epoch,
+                        train_state={"momentum.x": torch.zeros(1)})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["card.json", "model-e0002.safetensors", "train-state-e0002.safetensors"]
+    assert json.loads((tmp_path / "card.json").read_text())["epoch"] == 2
+
+
+def test_random_backbone_travels_with_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = FRPT(model_config("paper", "pt+cah", backbone="resnet18", num_classes=2, input_size=64),
+                 Backbone("resnet18", RANDOM_WEIGHTS)).eval()
+    save_checkpoint(tmp_path, model, classes=["a", "b"], dataset={})
+    loaded, _ = load_checkpoint(tmp_path)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).embedding, loaded(x).embedding)
+
+
+def test_finetune_checkpoint_stores_the_backbone(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(model_config("paper", "finetune", num_classes=2, input_size=64))
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(1.0)  # diverge from the packaged weights
+    save_checkpoint(tmp_path, model.eval(), classes=["a", "b"], dataset={})
+    loaded, card = load_checkpoint(tmp_path)
+    assert any(k.startswith("backbone.") for k in load_file(str(tmp_path / card["files"]["weights"])))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).embedding, loaded(x).embedding)
+    assert load_card(tmp_path)["variant"] == "finetune"

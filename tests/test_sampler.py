@@ -73,3 +73,17 @@ def test_grid_shape_follows_the_image(size):
     sampler = SaliencySampler()
     warped, grid = sampler(torch.rand(1, 3, *size), torch.full((1, 1, 31, 31), 1 / 961))
     assert warped.shape == (1, 3, *size) and grid.shape == (1, *size, 2)
+
+
+def test_separable_smoothing_equals_the_released_codes_conv2d():
+    sampler = SaliencySampler()
+    maps = torch.rand(3, 1, 91, 91)
+    assert torch.allclose(sampler._smooth(maps), F.conv2d(maps, sampler.gaussian), rtol=1e-4)
+
+
+def test_fft_saliency_conv_equals_a_direct_convolution():
+    from frpt.models.prompt import LargeKernelConv2d
+    conv = LargeKernelConv2d(24, 1, 31, padding=15, bias=True)
+    x = torch.randn(2, 24, 40, 33)
+    direct = F.conv2d(x, conv.weight, conv.bias, padding=15)
+    assert torch.allclose(conv(x), direct, atol=1e-4 * direct.abs().max().item())

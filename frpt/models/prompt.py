@@ -22,6 +22,24 @@ class PromptOutput:
     grid: torch.Tensor      # (N, H, W, 2) where each output pixel reads the input, in [-1, 1]
 
 
+class LargeKernelConv2d(nn.Conv2d):
+    """A "same"-padded, stride-1 ``nn.Conv2d`` (same parameters, same result) computed with FFTs when the kernel is
+    large. The paper's 31x31 saliency kernel over C_S channels costs ~20x more as a direct convolution on a CPU,
+    where it dominated the whole training step (bench/RESULTS.md); FFT correlation is exact up to float rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        if k <= 7:
+            return super().forward(x)
+        p = k // 2
+        h, w = x.shape[-2:]
+        padded = F.pad(x.float(), [p] * 4)
+        size = padded.shape[-2:]
+        spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(self.weight.float(), s=size).conj()
+        out = torch.fft.irfft2(spectrum.sum(1, keepdim=True), s=size)[..., :h, :w]
+        return out + self.bias.view(1, -1, 1, 1) if self.bias is not None else out
+
+
 class DiscriminativePerturbationPrompt(nn.Module):
     """Saliency head + sampler.
 
@@ -34,7 +52,7 @@ class DiscriminativePerturbationPrompt(nn.Module):
                  grid_size: int = 31, grid_padding: int = 30, gaussian_fwhm: float = 13.0):
         super().__init__()
         self.relu = relu
-        self.conv = nn.Conv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=bias)
+        self.conv = LargeKernelConv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=bias)
         self.sampler = SaliencySampler(grid_size, grid_padding, gaussian_fwhm)
         self.grid_size = grid_size
 

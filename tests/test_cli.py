@@ -1,0 +1,68 @@
+"""The command line end to end: train, evaluate, retrieve, info (subprocesses, as a user runs them)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def frpt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "frpt", *args, "--quiet"] if args[0] != "info" else
+                          [sys.executable, "-m", "frpt", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
+    out = tmp_path / preset
+    trained = last_json(frpt("train", "--dataset", "synthetic", "--preset", preset, "--input-size", "64",
+                             "--batch-size", "8", "--epochs", "2", "--limit-batches", "2", "--out", str(out)))
+    assert trained["epoch"] == 2 and trained["queries"] == 240
+    log = (out / "log.csv").read_text().splitlines()
+    assert log[0] == "epoch,train_loss,lr,recall@1,seconds" and len(log) == 3
+
+    evaluated = last_json(frpt("evaluate", "--checkpoint", str(out), "--dataset", "synthetic"))
+    assert evaluated["queries"] == 240 and evaluated["preset"] == preset
+    assert evaluated["recall@1"] == pytest.approx(trained["recall@1"])  # same checkpoint, same protocol
+    for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"):
+        assert 0.0 <= evaluated[key] <= 1.0
+
+    from frpt.data import build_dataset
+    query = tmp_path / "query.png"
+    build_dataset("synthetic", "test").load_image(5).save(query)
+    ranked = last_json(frpt("retrieve", "--checkpoint", str(out), "--dataset", "synthetic", "--query", str(query),
+                            "--k", "5"))
+    results = ranked["results"]
+    assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.99  # the query itself is in the gallery
+    assert results[0]["path"] == "synthetic/test/00005"
+
+    info = last_json(frpt("info", "--checkpoint", str(out)))
+    assert info["preset"] == preset and info["parameters"]["backbone"]["learned"] == 0
+
+
+def test_evaluate_pt_on_cub_queries_every_test_image(cub_root):
+    result = last_json(frpt("evaluate", "--preset", "pt", "--backbone", "efficientnet_lite0", "--dataset", "cub",
+                            "--root", str(cub_root), "--input-size", "64", "--precision", "bf16",
+                            "--batch-size", "128"))
+    assert result["queries"] == 5924 and result["variant"] == "pt"
+    assert result["recall@1"] > 0.05  # 100 unseen classes: chance is about 1 %
+
+
+def test_bad_input_is_one_sentence_and_exit_2(tmp_path):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"\x80\x04not really a pickle")
+    proc = frpt("evaluate", "--checkpoint", str(bad), "--dataset", "synthetic", check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "pickle" in proc.stderr

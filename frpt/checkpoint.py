@@ -14,9 +14,12 @@ killed at any moment leaves either the previous complete checkpoint or the new o
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
-from dataclasses import asdict
+import re
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .config import ModelConfig, TrainConfig, from_dict
+from .config import PRESETS, VARIANTS, ModelConfig, TrainConfig, from_dict
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, atomic_write_text, remove_stale_temps
 from .models import RANDOM_WEIGHTS, FRPT, Backbone, file_sha256
@@ -35,6 +38,13 @@ FORMAT = "frpt-checkpoint"
 FORMAT_VERSION = 1
 CARD = "card.json"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
+MAX_CARD_BYTES = 16 * 2**20   # a real card is a few KiB; refuse to parse anything huge
+# Upper bounds for ModelConfig integers, so a garbled card cannot make the model allocate gigabytes when built
+# (grid/kernel/padding sizes are 31/31/30 in both presets).
+_INT_LIMITS = {"num_classes": 10**6, "input_size": 4096}
+_OTHER_INT_LIMIT = 256
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
@@ -49,7 +59,6 @@ def save_checkpoint(folder: str | os.PathLike, model: FRPT, *, classes: list[str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
-    previous = _read_json(folder / CARD) if (folder / CARD).is_file() else None
     tensors = model.learned_state_dict()
     if model.backbone.weights_sha256 is None and not model.config.finetune:
         # A randomly initialised backbone cannot be rebuilt from a weights file, so it travels with the checkpoint.
@@ -72,25 +81,41 @@ def save_checkpoint(folder: str | os.PathLike, model: FRPT, *, classes: list[str
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    card["sealed_sha256"] = card_seal(card)
     atomic_write_text(folder / CARD, json.dumps(card, indent=2))
-    if previous is not None:  # the new card is committed; the files it no longer names can go
-        keep = {files.get("weights"), files.get("train_state")}
-        for key in ("weights", "train_state"):
-            old = previous.get("files", {}).get(key)
-            if old and old not in keep:
-                (folder / old).unlink(missing_ok=True)
+    # The new card is committed; tensor files it does not name can go (including those of a run killed between
+    # writing its tensors and its card, which no card ever named).
+    keep = {files.get("weights"), files.get("train_state")}
+    for stale in folder.iterdir():
+        if _TENSOR_FILE.fullmatch(stale.name) and stale.name not in keep:
+            stale.unlink(missing_ok=True)
     return folder / CARD
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise CheckpointError(f"{path} is {path.stat().st_size / 2**20:.0f} MiB, far larger than an FRPT card; "
+                                  "the checkpoint is damaged or not an FRPT checkpoint.")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not a readable JSON card ({type(exc).__name__}); "
                               "the checkpoint is damaged, re-export or retrain it.") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not an FRPT checkpoint card; re-export or retrain the checkpoint.")
     return data
+
+
+#: Card fields the loader relies on; ``sealed_sha256`` hashes them so a damaged or hand-edited card that still parses
+#: (say grid_padding 30 -> 38, which no tensor shape would reveal) is refused instead of silently changing the model.
+SEALED_FIELDS = ("format_version", "preset", "variant", "model", "backbone", "classes", "input_size", "mean", "std",
+                 "files")
+
+
+def card_seal(card: dict[str, Any]) -> str:
+    """sha256 of the sealed fields in canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps({k: card.get(k) for k in SEALED_FIELDS}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _resolve_folder(path: str | os.PathLike) -> Path:
@@ -110,28 +135,107 @@ def _resolve_folder(path: str | os.PathLike) -> Path:
 
 
 def load_card(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a checkpoint's card (format, version, required fields)."""
+    """Read and validate a checkpoint's card (format, version, field types, self-consistency)."""
     folder = _resolve_folder(path)
     card = _read_json(folder / CARD)
     if card.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CARD} is not an FRPT checkpoint card (format {card.get('format')!r}).")
     version = card.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if _is_int(version) and version > FORMAT_VERSION:
         raise CheckpointError(f"Checkpoint {folder} uses format version {version!r}, newer than this library "
                               f"supports ({FORMAT_VERSION}); upgrade frpt to load it.")
-    required = ("model", "backbone", "classes", "files", "input_size", "mean", "std")
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(f"Checkpoint {folder} has an invalid format version {version!r}; "
+                              "the card is garbled, retrain or re-export the checkpoint.")
+    required = ("preset", "variant", "model", "backbone", "classes", "files", "input_size", "mean", "std")
     missing = [k for k in required if k not in card]
     if missing or not isinstance(card.get("files"), dict) or "weights" not in card["files"]:
         raise CheckpointError(f"Checkpoint card {folder / CARD} lacks {missing or ['files.weights']}; "
                               "it is garbled, retrain or re-export the checkpoint.")
+    problem = _card_problem(card)
+    if problem:
+        raise CheckpointError(f"Checkpoint card {folder / CARD} is inconsistent ({problem}); "
+                              "it was edited or damaged, retrain or re-export the checkpoint.")
+    if "sealed_sha256" in card:  # cards written before the seal existed have none and are checked field by field
+        try:
+            intact = card["sealed_sha256"] == card_seal(card)
+        except (TypeError, ValueError):
+            intact = False
+        if not intact:
+            raise CheckpointError(f"Checkpoint card {folder / CARD} was modified after it was written (its "
+                                  "sealed_sha256 does not match); it was edited or damaged, re-copy or retrain it.")
     card["path"] = str(folder)
     return card
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _card_problem(card: dict[str, Any]) -> str | None:
+    """What makes a card self-contradictory or ill-typed (None if nothing): checked before any tensor is read."""
+    model, backbone, files = card["model"], card["backbone"], card["files"]
+    if not isinstance(model, dict):
+        return "model is not a mapping"
+    if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str):
+        return "backbone.name is missing"
+    if backbone.get("weights_sha256") is not None and not _SHA256.fullmatch(str(backbone["weights_sha256"])):
+        return "backbone.weights_sha256 is not a sha256 digest"
+    if not isinstance(card["classes"], list) or not all(isinstance(c, str) for c in card["classes"]):
+        return "classes is not a list of names"
+    if not _is_int(card["input_size"]) or not 0 < card["input_size"] <= _INT_LIMITS["input_size"]:
+        return f"input_size {card['input_size']!r} is not a positive integer"
+    for key in ("mean", "std"):
+        v = card[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                            and math.isfinite(x) for x in v)):
+            return f"{key} is not three numbers"
+    for field, value in (("preset", card.get("preset")), ("variant", card.get("variant")),
+                         ("backbone", backbone["name"]), ("input_size", card["input_size"])):
+        if field in model and value is not None and model[field] != value:
+            return f"{field} {value!r} disagrees with the model's {model[field]!r}"
+    for key in ("weights", "train_state"):
+        if key not in files:
+            continue
+        name = files[key]
+        if not (isinstance(name, str) and name.endswith(".safetensors") and Path(name).name == name
+                and not name.startswith(".")):
+            return f"files.{key} {name!r} is not a .safetensors file name inside the checkpoint folder"
+        if not isinstance(files.get(f"{key}_sha256"), str) or not _SHA256.fullmatch(files[f"{key}_sha256"]):
+            return f"files.{key}_sha256 is not a sha256 digest"
+    return None
+
+
+def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
+    """The card's ModelConfig, with every field type- and range-checked (a garbled value must not build a model)."""
+    try:
+        config = from_dict(ModelConfig, card["model"])
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"Checkpoint {folder} has an unusable model config ({exc}).") from None
+    if config.preset not in PRESETS or config.variant not in VARIANTS:
+        raise CheckpointError(f"Checkpoint {folder} names an unknown preset/variant "
+                              f"{config.preset!r}/{config.variant!r}; it was edited or comes from another tool.")
+    for f in fields(ModelConfig):
+        value, default = getattr(config, f.name), f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = _is_int(value) and 0 <= value <= _INT_LIMITS.get(f.name, _OTHER_INT_LIMIT)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise CheckpointError(f"Checkpoint {folder} has an invalid model.{f.name} {value!r}; "
+                                  "the card was edited or damaged, retrain or re-export the checkpoint.")
+    return config
+
+
 def verified_file(folder: Path, card: dict[str, Any], key: str) -> Path:
     name = card["files"].get(key)
-    if not isinstance(name, str) or Path(name).name != name:
-        raise CheckpointError(f"Checkpoint card in {folder} names an invalid {key} file {name!r}.")
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"Checkpoint card in {folder} names an invalid {key} file {name!r}; "
+                              "the card was edited, retrain or re-export the checkpoint.")
     path = folder / name
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {folder} is missing {name}; the folder is incomplete, retrain or re-copy it.")
@@ -145,8 +249,31 @@ def verified_file(folder: Path, card: dict[str, Any], key: str) -> Path:
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path.name} is not a valid safetensors file ({exc}); re-copy the checkpoint.") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")[:200] or type(exc).__name__
+        raise CheckpointError(f"{path.name} is not a valid safetensors file ({reason}); "
+                              "re-copy the checkpoint.") from None
+
+
+def check_tensors(model: FRPT, tensors: dict[str, torch.Tensor], folder: Path, *, with_backbone: bool) -> None:
+    """Raise a CheckpointError unless ``tensors`` are exactly the model's learned tensors (names, shapes, dtypes,
+    finite values), so ``load_state_dict`` can neither fail half-way nor load garbage."""
+    target = model.state_dict()
+    config = model.config
+    expected_keys = set(model.learned_state_dict()) | ({k for k in target if k.startswith("backbone.")}
+                                                       if with_backbone else set())
+    missing, unexpected = sorted(expected_keys - set(tensors)), sorted(set(tensors) - expected_keys)
+    wrong = sorted(k for k in expected_keys & set(tensors)
+                   if tensors[k].shape != target[k].shape or tensors[k].dtype != target[k].dtype)
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"wrong shape or dtype for {wrong[:3]}")
+        raise CheckpointError(f"Weights in {folder} do not fit the {config.preset}/{config.variant} model on "
+                              f"{config.backbone} ({detail}); the card and the tensors disagree.")
+    bad = sorted(k for k in expected_keys if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all())
+    if bad:
+        raise CheckpointError(f"Weights in {folder} contain NaN or infinite values ({bad[:3]}); the training "
+                              "diverged or the file was damaged, use an earlier checkpoint.")
 
 
 def load_checkpoint(path: str | os.PathLike, *, backbone_weights: str | os.PathLike | None = None,
@@ -154,16 +281,13 @@ def load_checkpoint(path: str | os.PathLike, *, backbone_weights: str | os.PathL
     """Rebuild the model a checkpoint describes, in eval mode: ``(model, card)``."""
     card = load_card(path)
     folder = Path(card["path"])
-    try:
-        config = from_dict(ModelConfig, card["model"])
-    except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"Checkpoint {folder} has an unusable model config ({exc}).") from None
+    config = _model_config(card, folder)
     if config.num_classes != len(card["classes"]) and config.trainable:
         raise CheckpointError(f"Checkpoint {folder} lists {len(card['classes'])} classes but its model has "
                               f"{config.num_classes}; the card was edited, re-export the checkpoint.")
     tensors = read_tensors(verified_file(folder, card, "weights"))
     backbone_in_file = any(k.startswith("backbone.") for k in tensors) and not config.finetune
-    expected_sha = card["backbone"].get("weights_sha256") if isinstance(card["backbone"], dict) else None
+    expected_sha = card["backbone"].get("weights_sha256")
     try:
         weights = RANDOM_WEIGHTS if (backbone_in_file or config.finetune) else backbone_weights
         backbone = Backbone(config.backbone, weights, frozen=not config.finetune)
@@ -173,16 +297,14 @@ def load_checkpoint(path: str | os.PathLike, *, backbone_weights: str | os.PathL
         raise CheckpointError(f"Checkpoint {folder} was trained on backbone weights {expected_sha[:12]}..., "
                               f"but {backbone.weights_path} is {backbone.weights_sha256[:12]}...; "
                               "pass the same --backbone-weights file used in training.")
-    model = FRPT(config, backbone)
-    target = model.state_dict()
-    expected_keys = set(model.learned_state_dict()) | ({k for k in target if k.startswith("backbone.")} if backbone_in_file else set())
-    missing, unexpected = sorted(expected_keys - set(tensors)), sorted(set(tensors) - expected_keys)
-    wrong = [k for k in expected_keys & set(tensors) if tensors[k].shape != target[k].shape]
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"wrong shape for {wrong[:3]}")
-        raise CheckpointError(f"Weights in {folder} do not fit the {config.preset}/{config.variant} model on "
-                              f"{config.backbone} ({detail}); the card and the tensors disagree.")
+    try:
+        model = FRPT(config, backbone)
+    except (ValueError, RuntimeError, TypeError, KeyError, IndexError, ZeroDivisionError, MemoryError,
+            ConfigError) as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")[:200] or type(exc).__name__
+        raise CheckpointError(f"Checkpoint {folder} describes a model that cannot be built ({reason}); "
+                              "the card was edited or damaged, retrain or re-export the checkpoint.") from None
+    check_tensors(model, tensors, folder, with_backbone=backbone_in_file)
     model.load_state_dict(tensors, strict=False)
     return model.to(device).eval(), card
 

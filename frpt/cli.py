@@ -150,8 +150,9 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from .gallery import gallery_embeddings
     from .index import RetrievalIndex
 
+    image = open_image(args.query)  # a bad query fails in a second, before the checkpoint and gallery are loaded
     model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
-    query = build_transform(card["input_size"], train=False)(open_image(args.query))[None]
+    query = build_transform(card["input_size"], train=False)(image)[None]
     dataset = _dataset(args, "test", card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
                                  precision=args.precision, progress=not args.quiet)
@@ -240,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FRPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out under a file, a read-only folder, a full disk: one line, no traceback
+        from .data import display_path
+
+        where = f" {display_path(exc.filename)}" if exc.filename else ""
+        print(f"error: cannot access{where} ({exc.strerror or type(exc).__name__}); check the path, its "
+              "permissions and the free disk space.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,6 +6,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+# mkstemp creates 0600 files; the renamed file gets the mode a plain open() would give (0666 minus the umask),
+# so a checkpoint stays readable by the app or a colleague. Read once, at import (os.umask is process-global).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``; a crash leaves the old file intact."""
@@ -17,11 +22,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # make the rename itself durable (power loss, not just a killed process)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import time
 from dataclasses import asdict
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import CARD, load_card, load_train_state, read_tensors, save_checkpoint, verified_file
+from .checkpoint import CARD, check_tensors, load_card, load_train_state, read_tensors, save_checkpoint, verified_file
 from .config import TrainConfig
 from .errors import CheckpointError
 from .evaluation import evaluate
@@ -76,7 +77,12 @@ def _restore_optimizer(model: FRPT, optimizer: torch.optim.Optimizer, tensors: d
         name = key.removeprefix("momentum.")
         if name not in params:
             raise CheckpointError(f"Training state names an unknown parameter {name!r}; start a fresh run.")
-        optimizer.state[params[name]]["momentum_buffer"] = value.clone()
+        p = params[name]
+        if value.shape != p.shape or value.dtype != p.dtype or not torch.isfinite(value).all():
+            raise CheckpointError(f"Training state for {name!r} does not fit the model (shape, dtype or non-finite "
+                                  "values); the file was damaged, start a fresh run.")
+    for key, value in tensors.items():  # all checked first: a bad entry never leaves a half-restored optimiser
+        optimizer.state[params[key.removeprefix("momentum.")]]["momentum_buffer"] = value.clone()
 
 
 def read_log(out_dir: str | Path) -> list[dict[str, str]]:
@@ -85,6 +91,20 @@ def read_log(out_dir: str | Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def _log_rows_upto(out_dir: Path, epoch: int) -> list[dict[str, Any]]:
+    """Log rows of epochs 1..``epoch`` (rows written after the card's epoch, or garbled ones, are dropped)."""
+    try:
+        rows = read_log(out_dir)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    kept = {}
+    for r in rows:
+        e = str(r.get("epoch") or "")
+        if e.isdigit() and 1 <= int(e) <= epoch:
+            kept[int(e)] = {k: r.get(k, "") for k in LOG_FIELDS}
+    return [kept[e] for e in sorted(kept)]
 
 
 def _write_log(out_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -115,10 +135,15 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
             raise CheckpointError(f"{out_dir} holds a run with another model or training config; "
                                   "resume with the same options, or choose a new --out folder.")
         tensors = read_tensors(verified_file(out_dir, card, "weights"))
+        check_tensors(model, tensors, out_dir, with_backbone=any(k.startswith("backbone.") for k in tensors)
+                      and not model.config.finetune)
         model.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=False)
         _restore_optimizer(model, optimizer, {k: v.to(device) for k, v in (load_train_state(card) or {}).items()})
-        start_epoch = int(card["epoch"])
-        rows = [r for r in read_log(out_dir) if int(r["epoch"]) <= start_epoch]
+        start_epoch = card.get("epoch")
+        if not isinstance(start_epoch, int) or isinstance(start_epoch, bool) or not 0 <= start_epoch <= cfg.epochs:
+            raise CheckpointError(f"{out_dir / CARD} records epoch {start_epoch!r}, not a completed epoch of this "
+                                  f"{cfg.epochs}-epoch run; it was edited, choose a new --out folder.")
+        rows = _log_rows_upto(out_dir, start_epoch)
     elif (out_dir / CARD).is_file():
         raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out.")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,11 +167,9 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
                             num_workers=cfg.workers, generator=torch.Generator().manual_seed(seed))
         model.train()
         total, seen, lr = 0.0, 0, cfg.lr
-        bar = tqdm(loader, total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+        bar = tqdm(itertools.islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    unit="batch")
         for step, (images, targets, _) in enumerate(bar):
-            if step >= iters_per_epoch:
-                break
             lr = lr_at(cfg, epoch, epoch * iters_per_epoch + step, iters_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -1,0 +1,36 @@
+"""A short real training on the built-in synthetic set improves retrieval on unseen classes."""
+import pytest
+import torch
+
+from frpt.config import model_config, train_config
+from frpt.data import build_dataset, build_transform
+from frpt.evaluation import evaluate
+from frpt.models import build_model
+from frpt.training import read_log, train
+
+SIZE = 64
+SYNTHETIC = dict(num_classes=8, images_per_class=16)  # 4 train / 4 test classes
+
+
+@pytest.mark.slow
+def test_short_training_beats_the_untrained_model(tmp_path):
+    train_set = build_dataset("synthetic", "train", transform=build_transform(SIZE, train=True), **SYNTHETIC)
+    test_set = build_dataset("synthetic", "test", transform=build_transform(SIZE, train=False), **SYNTHETIC)
+    torch.manual_seed(0)
+    model = build_model(model_config("paper", "frpt", num_classes=len(train_set.classes), input_size=SIZE))
+    untrained = evaluate(model, test_set, progress=False)["recall@1"]
+    prompt_before = model.prompt.conv.weight.detach().clone()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+    cfg = train_config("paper", epochs=10, lr=0.05, batch_size=16, eval_every=5)
+    card = train(model, train_set, cfg, tmp_path, classes=list(train_set.classes), dataset_info={"name": "synthetic"},
+                 test_set=test_set, progress=False)
+
+    assert card["metrics"]["recall@1"] > untrained
+    log = read_log(tmp_path)
+    assert [int(r["epoch"]) for r in log] == list(range(1, 11))
+    assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
+    assert log[4]["recall@1"] != "" and log[3]["recall@1"] == ""  # evaluated every 5 epochs
+    assert not torch.equal(model.prompt.conv.weight, prompt_before)  # the DPP learned
+    for key, value in model.backbone.state_dict().items():  # weights and BN statistics of the frozen backbone
+        assert torch.equal(value, backbone_before[key]), key

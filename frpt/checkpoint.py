@@ -222,7 +222,8 @@ def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
         elif isinstance(default, int):
             ok = _is_int(value) and 0 <= value <= _INT_LIMITS.get(f.name, _OTHER_INT_LIMIT)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and value > 0)
         else:
             ok = isinstance(value, str)
         if not ok:

@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset, variant = _resolve_preset(args)
     tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                        workers=args.workers, eval_every=args.eval_every)
+                        workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale)
     size = args.input_size
     if size is None:
         size = _build_untrained(args, preset, "pt").config.input_size
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--prompt-lr-scale", type=float, help="learning-rate multiplier for the DPP (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")

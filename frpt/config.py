@@ -82,6 +82,10 @@ class TrainConfig:
     min_lr: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float = 0.0          # per-parameter L2 clip, as fast-reid's clip_gradients ("value" mode)
+    # Learning-rate multiplier for the DPP's saliency conv. 1.0 in both presets (as published); the saliency
+    # gradient is orders of magnitude larger than the head's, and at scale 1.0 the softmax turns one-hot within
+    # tens of steps (every output pixel then reads one input point), see bench/RESULTS.md.
+    prompt_lr_scale: float = 1.0
     recipe: str = "paper"           # train-time augmentation, see frpt.data.transforms
     seed: int = 0
     workers: int = 0

@@ -50,14 +50,17 @@ def lr_at(cfg: TrainConfig, epoch: int, iteration: int, iters_per_epoch: int) ->
 
 
 def build_optimizer(model: FRPT, cfg: TrainConfig) -> torch.optim.SGD:
-    decay, no_decay = [], []
+    """SGD over the learned parameters; groups carry ``lr_scale`` (the DPP's ``prompt_lr_scale``) and their
+    weight decay (none on biases when ``bias_weight_decay`` is off, as in the released code)."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if (not cfg.bias_weight_decay and name.endswith("bias")) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if (not cfg.bias_weight_decay and name.endswith("bias")) else cfg.weight_decay
+        scale = cfg.prompt_lr_scale if name.startswith("prompt.") else 1.0
+        groups.setdefault((scale, decay), []).append(p)
+    return torch.optim.SGD([{"params": ps, "lr_scale": scale, "weight_decay": decay, "lr": cfg.lr * scale}
+                            for (scale, decay), ps in groups.items()], lr=cfg.lr, momentum=cfg.momentum)
 
 
 def _optimizer_tensors(model: FRPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -172,7 +175,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         for step, (images, targets, _) in enumerate(bar):
             lr = lr_at(cfg, epoch, epoch * iters_per_epoch + step, iters_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             images, targets = images.to(device), targets.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(images).logits

@@ -53,6 +53,12 @@ class DiscriminativePerturbationPrompt(nn.Module):
         super().__init__()
         self.relu = relu
         self.conv = LargeKernelConv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=bias)
+        # Zero init: uniform saliency, i.e. the identity warp, so an untrained prompt leaves the frozen baseline
+        # (PT) untouched and training grows the warp from there. With PyTorch's default init the 31x31xC_S kernel
+        # sums ~23k terms and its softmax starts already peaked (max cell ~0.3-0.5 of the mass).
+        nn.init.zeros_(self.conv.weight)
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
         self.sampler = SaliencySampler(grid_size, grid_padding, gaussian_fwhm)
         self.grid_size = grid_size
 

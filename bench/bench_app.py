@@ -1,0 +1,95 @@
+"""App latency: picking a new image -> its warped view (run_prompt + the prompt explorer's panels), and UMAP time.
+
+    python bench/bench_app.py [--checkpoint DIR] [--images 20] [--umap-points 5924] [--umap-dim 1280]
+
+Uses the demo checkpoint by default (128 px; pass --size to resample the inputs, e.g. 224). UMAP runs on
+random points of the CUB test-split size unless --umap-from-gallery points at a stored gallery .npz.
+Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def main() -> None:
+    from frpt.checkpoint import load_checkpoint
+    from frpt.data import build_dataset, build_transform
+    from frpt.demo import demo_checkpoint_dir
+    from frpt.projection import procrustes_align, umap_2d
+    from frpt.ui.logic import prompt_panels
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(demo_checkpoint_dir("frpt")))
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--umap-points", type=int, default=5924, help="0: skip UMAP")
+    p.add_argument("--umap-dim", type=int, default=1280)
+    p.add_argument("--umap-from-gallery", help="a gallery .npz (uses its 'after' embeddings)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, card = load_checkpoint(args.checkpoint)
+    model.requires_grad_(False)
+    size = args.size or card["input_size"]
+    ds = build_dataset("synthetic", "test", transform=build_transform(size, train=False))
+    prompt_s, panel_s = [], []
+    prompt_panels(model, ds[0][0], ds.box(0))  # warm-up (first call allocates)
+    for i in range(1, args.images + 1):
+        t0 = time.perf_counter()
+        image = ds[i][0]  # load + transform, as picking an image does
+        with torch.no_grad():
+            model.run_prompt(image[None])
+        prompt_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        prompt_panels(model, ds[i][0], None)
+        panel_s.append(time.perf_counter() - t0)
+
+    result = {
+        "checkpoint": card.get("demo") or args.checkpoint, "variant": card["variant"], "input_size": size,
+        "pick_to_warped_s_median": round(statistics.median(prompt_s), 4),
+        "pick_to_warped_s_max": round(max(prompt_s), 4),
+        "prompt_panels_s_median": round(statistics.median(panel_s), 4),
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    }
+    if args.umap_points == 0 and not args.umap_from_gallery:  # latency only
+        print(json.dumps(result))
+        return
+    if args.umap_from_gallery:
+        with np.load(args.umap_from_gallery) as data:
+            x = data["after"]
+        source = args.umap_from_gallery
+    else:
+        x = np.random.default_rng(0).normal(size=(args.umap_points, args.umap_dim)).astype(np.float32)
+        source = "random"
+    t0 = time.perf_counter()
+    import umap  # noqa: F401
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    a = umap_2d(x, seed=0)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    procrustes_align(umap_2d(x[:, ::-1].copy(), seed=0), a)
+    second_s = time.perf_counter() - t0
+
+    print(json.dumps({
+        **result, "umap_points": int(x.shape[0]), "umap_dim": int(x.shape[1]), "umap_source": source,
+        "umap_import_s": round(import_s, 2), "umap_first_fit_s": round(first_s, 2),
+        "umap_second_fit_plus_procrustes_s": round(second_s, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""2-D maps of an embedding space: UMAP before and after the head, aligned, stored beside the gallery.
+
+``umap`` is imported lazily (its first import builds a numba cache, about 20 s). ``gallery_umap`` writes
+``<gallery>.umap-<n>-s<seed>.npz`` next to the gallery embeddings (``frpt.gallery``), so ``python -m frpt embed``
+or the app computes the map once per checkpoint + dataset and every later view reuses it. Two independent UMAPs
+differ by an arbitrary rotation/reflection, so the after-head map is aligned to the before-head map with an
+orthogonal Procrustes fit (rotation, reflection, uniform scale and shift; distances within the map are kept).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import atomic_write
+from .gallery import Gallery
+
+UMAP_VERSION = 1  # bump when the parameters below change, so stale maps are recomputed
+
+
+def umap_2d(x: np.ndarray, seed: int = 0, *, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine",
+            n_epochs: int | None = None) -> np.ndarray:
+    """UMAP (McInnes et al. 2018) of ``x`` (N, D) to (N, 2) float32; a fixed ``seed`` makes it reproducible
+    (and single-threaded, umap-learn's rule). Cosine metric: embeddings are compared by cosine in retrieval."""
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n < 4:
+        raise ValueError(f"UMAP needs at least 4 points, got {n}")
+    import umap  # lazy: heavy import
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="umap")
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), min_dist=min_dist, metric=metric,
+                            n_epochs=n_epochs, random_state=seed, init="spectral" if n > n_neighbors + 1 else "random")
+        return reducer.fit_transform(x).astype(np.float32)
+
+
+def procrustes_align(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rotate/reflect, scale and shift ``source`` (N, 2) onto ``target`` (N, 2), point i onto point i.
+
+    Orthogonal Procrustes (Schönemann 1966) via ``scipy.linalg.orthogonal_procrustes`` on centred, unit-norm
+    copies; the result lives in ``target``'s frame and scale and is an isometry of ``source`` up to scale.
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    src, tgt = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    mu_s, mu_t = src.mean(0), tgt.mean(0)
+    a, b = src - mu_s, tgt - mu_t
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return np.broadcast_to(mu_t, src.shape).astype(np.float32)
+    rot, scale = orthogonal_procrustes(a / na, b / nb)
+    return ((a / na) @ rot * scale * nb + mu_t).astype(np.float32)
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, metric: str = "cosine", max_points: int = 5000,
+               seed: int = 0) -> float:
+    """Mean silhouette coefficient (sklearn) of the classes in ``x``; NaN when it is undefined
+    (fewer than 2 classes, or every point its own class). Large sets are subsampled to ``max_points``."""
+    from sklearn.metrics import silhouette_score
+
+    labels = np.asarray(labels)
+    k = len(np.unique(labels))
+    if k < 2 or k >= len(labels):
+        return float("nan")
+    return float(silhouette_score(np.asarray(x, np.float32), labels, metric=metric,
+                                  sample_size=min(max_points, len(labels)), random_state=seed))
+
+
+def embedding_stats(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """R@1 (leave-one-out cosine), NMI (k-means) and cosine silhouette of one embedding set."""
+    from .metrics import nmi, recall_at_k
+
+    return {"recall@1": recall_at_k(x, labels, ks=(1,))["recall@1"], "nmi": nmi(x, labels),
+            "silhouette": silhouette(x, labels)}
+
+
+@dataclass
+class GalleryMap:
+    """UMAP coordinates of (a subsample of) a gallery: rows ``indices`` of the gallery, before and after the head
+    (the latter aligned to the former)."""
+
+    indices: np.ndarray  # (n,) int, rows of the gallery
+    before: np.ndarray   # (n, 2)
+    after: np.ndarray    # (n, 2)
+    path: Path
+
+
+def subsample(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a reproducible random subsample of ``range(n)`` (all of it when it fits)."""
+    if max_points is None or max_points >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def umap_file(gallery: Gallery, max_points: int | None = None, seed: int = 0) -> Path:
+    n = len(gallery.ids) if max_points is None else min(max_points, len(gallery.ids))
+    return gallery.path.with_name(f"{gallery.path.stem}.umap-v{UMAP_VERSION}-{n}-s{seed}.npz")
+
+
+def load_gallery_map(path: Path, n_gallery: int) -> GalleryMap | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = GalleryMap(data["indices"], data["before"], data["after"], path)
+    except (OSError, KeyError, ValueError):
+        return None  # damaged cache: recompute
+    if len(found.indices) and int(found.indices.max()) >= n_gallery:
+        return None
+    return found
+
+
+def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int = 0, recompute: bool = False,
+                 progress: Callable[[float, str], None] | None = None) -> GalleryMap:
+    """Load or compute (and store atomically) the UMAP of ``gallery`` before and after the head."""
+    path = umap_file(gallery, max_points, seed)
+    cached = None if recompute else load_gallery_map(path, len(gallery.ids))
+    if cached is not None:
+        return cached
+    report = progress or (lambda fraction, text: None)
+    idx = subsample(len(gallery.ids), max_points, seed)
+    report(0.05, f"UMAP of {len(idx)} embeddings before the head")
+    before = umap_2d(gallery.embeddings.before[idx], seed)
+    report(0.5, f"UMAP of {len(idx)} embeddings after the head")
+    after = procrustes_align(umap_2d(gallery.embeddings.after[idx], seed), before)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, indices=idx, before=before, after=after)
+
+    atomic_write(path, write)
+    report(1.0, "done")
+    return GalleryMap(idx, before, after, path)
+
+
+__all__ = ["umap_2d", "procrustes_align", "silhouette", "embedding_stats", "GalleryMap", "gallery_umap",
+           "subsample", "umap_file", "load_gallery_map"]

@@ -1,0 +1,162 @@
+"""Cached loaders for the app. Keys are paths, names and numbers (never arrays). ``cache_resource`` holds only
+read-only shared objects (models, datasets, stored arrays); per-user state lives in ``st.session_state``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+import torch
+
+from ..checkpoint import load_card, load_checkpoint
+from ..data import build_dataset, build_transform
+from ..data.base import RetrievalDataset
+from ..gallery import Gallery, gallery_embeddings, gallery_file, load_gallery
+from ..models import FRPT
+from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
+
+
+def stamp(path: str | os.PathLike) -> float:
+    """Modification time of a checkpoint's card: part of every cache key, so a retrained folder reloads."""
+    try:
+        return (Path(path) / "card.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(show_spinner="Loading checkpoint...", max_entries=8)
+def model(path: str, card_stamp: float) -> tuple[FRPT, dict[str, Any]]:
+    """The checkpoint's model in eval mode (shared by all sessions: never mutate it) and its card."""
+    net, card = load_checkpoint(path)
+    net.requires_grad_(False)  # attributions need no parameter gradients; gradients still flow to the input
+    return net, card
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def card(path: str, card_stamp: float) -> dict[str, Any]:
+    return load_card(path)
+
+
+@st.cache_resource(show_spinner="Opening dataset...", max_entries=8)
+def dataset(name: str, root: str | None, split: str, input_size: int) -> RetrievalDataset:
+    """A split with the test transform at ``input_size`` (``load_image`` gives the raw picture)."""
+    return build_dataset(name, split, root=root, transform=build_transform(input_size, train=False))
+
+
+class _Progress(torch.utils.data.Dataset):
+    """Wraps a dataset to report how many items the embedding loop has read."""
+
+    def __init__(self, inner: RetrievalDataset, report: Callable[[int], None]):
+        self.inner, self.report, self.seen = inner, report, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        self.seen += 1
+        if self.seen % 16 == 0 or self.seen == len(self.inner):
+            self.report(self.seen)
+        return self.inner[i]
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _stored_gallery(path: str, mtime: float) -> Gallery:
+    found = load_gallery(Path(path))
+    if found is None:
+        raise FileNotFoundError(path)
+    for arr in (found.embeddings.before, found.embeddings.after, found.embeddings.labels):
+        arr.setflags(write=False)
+    return found
+
+
+def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
+    """Gallery embeddings of the test split: read from beside the checkpoint, or computed once with a bar."""
+    net, card_ = model(ckpt, stamp(ckpt))
+    ds = dataset(name, root, "test", card_["input_size"])
+    path = gallery_file(card_, ds, root)
+    if not path.is_file():
+        bar = st.progress(0.0, text=f"Embedding the {len(ds)} test images once (stored beside the checkpoint)...")
+        wrapped = _Progress(ds, lambda k: bar.progress(k / len(ds), text=f"Embedding test images: {k}/{len(ds)}"))
+        gallery_embeddings(net, card_, wrapped, root=root, progress=False)
+        bar.empty()
+    return _stored_gallery(str(path), path.stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _stored_map(path: str, mtime: float, n: int) -> GalleryMap:
+    found = load_gallery_map(Path(path), n)
+    if found is None:
+        raise FileNotFoundError(path)
+    return found
+
+
+def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None) -> GalleryMap:
+    """UMAP coordinates (before/after the head) of the gallery, computed once per subsample size."""
+    g = gallery(ckpt, name, root)
+    path = umap_file(g, max_points)
+    if not path.is_file():
+        bar = st.progress(0.0, text="Computing the UMAP maps once (stored beside the checkpoint)...")
+        gallery_umap(g, max_points=max_points, progress=lambda f, text: bar.progress(f, text=f"UMAP: {text}"))
+        bar.empty()
+    return _stored_map(str(path), path.stat().st_mtime, len(g.ids))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def embedding_stats(ckpt: str, name: str, root: str | None, max_points: int | None, which: str) -> dict[str, float]:
+    from ..projection import embedding_stats as stats
+
+    g, m = gallery(ckpt, name, root), gallery_map(ckpt, name, root, max_points)
+    x = g.embeddings.before if which == "before" else g.embeddings.after
+    return stats(x[m.indices], g.embeddings.labels[m.indices])
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(name: str, root: str | None, split: str, input_size: int, index: int) -> np.ndarray:
+    """The test-transform view (input_size square) of one dataset image, as uint8."""
+    from ..viz import to_uint8
+
+    return to_uint8(dataset(name, root, split, input_size)[index][0])
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def prompt_panels(ckpt: str, card_stamp: float, name: str, root: str | None, index: int, temperature: float):
+    """The prompt explorer's pictures for test image ``index`` (a few ms per image; cached per session choice)."""
+    from ..data import transform_box
+    from .logic import prompt_panels as compute
+
+    net, card_ = model(ckpt, card_stamp)
+    ds = dataset(name, root, "test", card_["input_size"])
+    box = ds.box(index)
+    if box is not None:
+        box = transform_box(box, ds.load_image(index).size, card_["input_size"])
+    return compute(net, ds[index][0], box, temperature)
+
+
+def attribution_images(net: FRPT, image: torch.Tensor, method: str) -> dict[str, np.ndarray]:
+    """Overlays of Grad-CAM ("gradcam") or Integrated Gradients ("ig") on the original and the warped image."""
+    from .. import explain, viz
+
+    views = explain.gradcam_views(net, image) if method == "gradcam" else explain.ig_views(net, image)
+    if method == "ig":  # pixel attributions are speckled: a light blur makes the overlay readable
+        import torch.nn.functional as F
+
+        smooth = lambda m: F.avg_pool2d(m[None, None], 5, 1, 2)[0, 0]  # noqa: E731
+        views = explain.AttributionViews(smooth(views.original), None if views.warped is None else smooth(views.warped),
+                                         views.warped_image)
+    out = {"original": viz.heatmap_overlay(image, views.original)}
+    if views.warped is not None:
+        out["warped"] = viz.heatmap_overlay(views.warped_image, views.warped)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def attributions(ckpt: str, card_stamp: float, name: str, root: str | None, input_size: int, index: int,
+                 method: str) -> dict[str, np.ndarray]:
+    """:func:`attribution_images` of test image ``index`` (at the *current* checkpoint's input size)."""
+    net, _ = model(ckpt, card_stamp)
+    return attribution_images(net, dataset(name, root, "test", input_size)[index][0], method)

@@ -1,0 +1,157 @@
+"""Per-user choices (checkpoint, dataset) kept in ``st.session_state`` across pages, and the sidebar that sets them.
+
+Widget keys are cleared by Streamlit when a page without that widget runs, so every choice is also copied to a
+plain session key (``frpt.*``) by the widget's ``on_change`` callback and fed back before the widget is drawn.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ..data import DATASETS, NEEDS_ROOT
+from ..demo import REBUILD_COMMAND, available_demos
+from ..errors import FRPTError
+from . import cache
+
+SOURCES = ("Demo", "Folder", "Upload")
+DATASET_NAMES = ("synthetic", *(d for d in DATASETS if d != "synthetic"))
+
+
+def persistent(key: str, default: Any) -> Any:
+    """A session value that survives page switches; ``w.<key>`` is the widget showing it."""
+    store = f"frpt.{key}"
+    st.session_state.setdefault(store, default)
+    st.session_state[f"w.{key}"] = st.session_state[store]
+    return st.session_state[store]
+
+
+def _sync(key: str) -> None:
+    st.session_state[f"frpt.{key}"] = st.session_state[f"w.{key}"]
+
+
+def widget_args(key: str) -> dict[str, Any]:
+    return {"key": f"w.{key}", "on_change": _sync, "args": (key,)}
+
+
+@dataclass(frozen=True)
+class Context:
+    """The session's loaded checkpoint and dataset; every page works from this."""
+
+    checkpoint: str
+    card: dict[str, Any]
+    dataset: str
+    root: str | None
+
+    @property
+    def input_size(self) -> int:
+        return int(self.card["input_size"])
+
+    @property
+    def model(self):
+        return cache.model(self.checkpoint, cache.stamp(self.checkpoint))[0]
+
+    def test_set(self):
+        return cache.dataset(self.dataset, self.root, "test", self.input_size)
+
+    def gallery(self):
+        return cache.gallery(self.checkpoint, self.dataset, self.root)
+
+    def image(self, index: int):
+        """Test image ``index`` as the model sees it (3, S, S) in [0, 1]."""
+        return self.test_set()[index][0]
+
+    def box(self, index: int) -> tuple[float, float, float, float] | None:
+        """Ground-truth box of test image ``index`` in the model-input pixels, or None."""
+        from ..data import transform_box
+
+        ds = self.test_set()
+        box = ds.box(index)
+        if box is None:
+            return None
+        return transform_box(box, ds.load_image(index).size, self.input_size)
+
+
+def _save_upload(files) -> Path:
+    """Write an uploaded checkpoint (card.json + .safetensors [+ log.csv]) to a folder named by its content hash."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f.name.encode() + b"\0" + f.getvalue())
+    folder = Path(tempfile.gettempdir()) / "frpt-uploads" / digest.hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        name = Path(f.name).name
+        if name and not (folder / name).is_file():
+            (folder / name).write_bytes(f.getvalue())
+    return folder
+
+
+def _checkpoint_picker() -> str | None:
+    demos = {k: str(v) for k, v in available_demos().items()}
+    source = persistent("source", "Demo" if demos else "Folder")
+    st.radio("Checkpoint", SOURCES, horizontal=True, **widget_args("source"))
+    if source == "Demo":
+        if not demos:
+            st.error(f"The demo checkpoints are missing from assets/demo; rebuild them with `{REBUILD_COMMAND}`.")
+            return None
+        persistent("demo", "frpt" if "frpt" in demos else next(iter(demos)))
+        if st.session_state["frpt.demo"] not in demos:
+            st.session_state["frpt.demo"] = st.session_state["w.demo"] = next(iter(demos))
+        name = st.selectbox("Demo checkpoint", list(demos), help="trained on the built-in synthetic set",
+                            **widget_args("demo"))
+        return demos[name]
+    if source == "Folder":
+        persistent("folder", "")
+        path = st.text_input("Checkpoint folder", placeholder="runs/cub-frpt", **widget_args("folder"))
+        return path.strip() or None
+    files = st.file_uploader("card.json + model-*.safetensors (+ log.csv)", type=["json", "safetensors", "csv"],
+                             accept_multiple_files=True, key="w.upload_ckpt")
+    if files:
+        st.session_state["frpt.uploaded"] = str(_save_upload(files))
+    return st.session_state.get("frpt.uploaded")
+
+
+def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
+    trained = (card.get("dataset") or {}).get("name")
+    name = persistent("dataset", trained if trained in DATASET_NAMES else "synthetic")
+    st.selectbox("Dataset (test split)", DATASET_NAMES, **widget_args("dataset"))
+    root = None
+    if name in NEEDS_ROOT:
+        default = (card.get("dataset") or {}).get("root") if trained == name else ""
+        root = persistent(f"root.{name}", default or "").strip() or None
+        st.text_input("Dataset folder", placeholder="/data/CUB_200_2011", **widget_args(f"root.{name}"))
+    return name, root
+
+
+def sidebar() -> Context:
+    """Draw the sidebar (checkpoint and dataset pickers) and return the session's context, or stop the page with
+    one clear sentence when the choice cannot be loaded."""
+    with st.sidebar:
+        st.markdown("### FRPT Studio")
+        path = _checkpoint_picker()
+        if not path:
+            st.info("Choose a checkpoint to start.")
+            st.stop()
+        try:
+            card_ = cache.card(path, cache.stamp(path))
+        except FRPTError as exc:
+            st.error(str(exc))
+            st.stop()
+        name, root = _dataset_picker(card_)
+        if name in NEEDS_ROOT and not root:
+            st.info(f"Enter the folder of the {name} dataset.")
+            st.stop()
+        ctx = Context(str(Path(path)), card_, name, root)
+        try:
+            ctx.model
+            ds = ctx.test_set()
+        except FRPTError as exc:
+            st.error(str(exc))
+            st.stop()
+        st.caption(f"{card_.get('preset')}/{card_.get('variant')} on {card_['backbone'].get('name')}, "
+                   f"{card_['input_size']} px · {name}: {len(ds)} test images, {len(ds.classes)} classes")
+    return ctx

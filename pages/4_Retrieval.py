@@ -1,0 +1,59 @@
+"""Retrieval: top-K test images for a query, with hits, AP, R@K and why each match matches."""
+import numpy as np
+import streamlit as st
+import torch
+
+from frpt import explain, viz
+from frpt.ui import cache, logic, pick_image, sidebar
+
+st.set_page_config(page_title="Retrieval · FRPT Studio", layout="wide")
+ctx = sidebar()
+st.title("Retrieval")
+st.caption("Cosine similarity of retrieval embeddings against the test split (zero-shot: its classes were never "
+           "trained on). Green = same class as the query, red = another class.")
+
+query = pick_image(ctx, "ret")
+k = st.slider("Top K", 1, 24, 8, key="ret.k")
+if query is None:
+    st.stop()
+gallery = ctx.gallery()
+labels = gallery.embeddings.labels
+if query.index is not None:
+    q = gallery.embeddings.after[query.index]
+else:
+    with torch.no_grad():
+        q = ctx.model.embed(query.image[None])[0].numpy()
+ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query.index)
+
+left, right = st.columns([1, 4])
+with left:
+    st.image(viz.to_uint8(query.image), caption=f"query: {query.name.rsplit('/', 1)[-1]}", width="stretch")
+    if ranking.average_precision is not None:
+        st.metric("Average precision", f"{ranking.average_precision:.3f}")
+        st.write(" · ".join(f"R@{kk}: {'✓' if v else '✗'}" for kk, v in ranking.recall_at.items()))
+    st.download_button("Download ranking (CSV)", logic.ranking_csv(ranking, gallery.ids, labels, gallery.classes),
+                       "ranking.csv", "text/csv", key="ret.dl.csv")
+with right:
+    cols = st.columns(min(k, 6))
+    for r, (row, score) in enumerate(zip(ranking.indices, ranking.scores)):
+        thumb = cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(row))
+        if ranking.hits is not None:
+            thumb = viz.frame(thumb, viz.HIT if ranking.hits[r] else viz.MISS)
+        cols[r % len(cols)].image(thumb, caption=f"{r + 1}. {score:.3f} · {gallery.classes[int(labels[row])]}",
+                                  width="stretch")
+
+st.subheader("Why this match?")
+rank = st.selectbox("Result", list(range(len(ranking.indices))), key="ret.why",
+                    format_func=lambda r: f"{r + 1}. #{int(ranking.indices[r])} (cosine {ranking.scores[r]:.3f})")
+row = int(ranking.indices[rank])
+result_image = ctx.image(row)
+with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
+    ref_result = ctx.model.embed(result_image[None])[0]
+    ref_query = torch.tensor(np.asarray(q, np.float32))
+with st.spinner("Attributing the similarity..."):
+    on_query = explain.similarity_gradcam(ctx.model, query.image, ref_result)
+    on_result = explain.similarity_gradcam(ctx.model, result_image, ref_query)
+a, b, _, _ = st.columns(4)
+a.image(viz.heatmap_overlay(query.image, on_query), caption="query: what resembles the result", width="stretch")
+b.image(viz.heatmap_overlay(result_image, on_result), caption="result: what resembles the query", width="stretch")
+st.caption("Grad-CAM of the cosine similarity to the other image's embedding, carried back through the DPP warp.")

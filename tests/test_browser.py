@@ -1,0 +1,114 @@
+"""Real browser: every page of `streamlit run app.py` renders in headless Chromium without an exception.
+
+Screenshots go to tests/_artifacts/screens/<page>.png. Skipped when chromium/chromedriver are absent
+(`make browser` installs Debian's chromium + chromium-driver).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from frpt.demo import available_demos
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENS = ROOT / "tests" / "_artifacts" / "screens"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# url path -> element that proves the page rendered its main content
+PAGES = {"home": ("", "stTable", 1), "prompt_explorer": ("Prompt_explorer", "stImage", 1),
+         "attributions": ("Attributions", "stImage", 3), "embedding_space": ("Embedding_space", "stPlotlyChart", 2),
+         "retrieval": ("Retrieval", "stImage", 11), "checkpoints": ("Checkpoints", "stTable", 1)}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)), reason="chromium/chromedriver absent"),
+    pytest.mark.skipif(not available_demos(), reason="demo checkpoints missing"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="frpt-chrome-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={profile}", "--window-size=1500,1800"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_rendered(driver, testid: str, minimum: int, timeout: float = 240) -> None:
+    """Until the script has stopped running, ``minimum`` main elements exist and the page is stable for ~3 s."""
+    from selenium.webdriver.common.by import By
+
+    deadline, stable, last = time.time() + timeout, 0, None
+    while time.time() < deadline:
+        status = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        busy = any("Running" in e.text or "Stop" in e.text for e in status)
+        busy |= bool(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSpinner"], [data-testid="stProgress"]'))
+        found = len(driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]'))
+        count = len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stElementContainer"]'))
+        stable = stable + 1 if (count == last and not busy and found >= minimum) else 0
+        last = count
+        if stable >= 3:
+            return
+        time.sleep(1)
+    raise AssertionError(f"page did not finish rendering ({testid} >= {minimum})")
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_page_renders_without_exception(server, browser, page):
+    from selenium.webdriver.common.by import By
+
+    path, testid, minimum = PAGES[page]
+    browser.get(f"{server}/{path}")
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    try:
+        _wait_rendered(browser, testid, minimum)
+    finally:
+        browser.save_screenshot(str(SCREENS / f"{page}.png"))
+    errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert not errors, errors[0].text[:500]

@@ -26,7 +26,8 @@ class Embeddings:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (about 2.7x faster inference on an avx512_bf16 CPU, see bench/RESULTS.md) or nothing."""
+    """bf16 autocast, or nothing. Worth it on GPUs and on CPUs with native bf16 (avx512_bf16/AMX); on a CPU
+    without it bf16 is emulated and slower than fp32."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,7 +1,9 @@
 """Exact cosine nearest-neighbour search over a gallery of embeddings.
 
-Small galleries use one float32 matrix product; large ones use faiss' ``IndexFlatIP`` (exact inner product on
-L2-normalised vectors = cosine), which bench/bench_retrieval.py measured faster from ``FAISS_MIN_SIZE`` up.
+One float32 matrix product + ``argpartition``. faiss' ``IndexFlatIP`` (exact inner product on L2-normalised
+vectors = cosine) is available as ``backend="faiss"``, but bench/bench_speed.py found it slower than this path at
+10k, 100k and 1M gallery vectors for a batch of 16 queries (bench/RESULTS.md, "Speed"), so ``auto`` only picks it
+from ``FAISS_MIN_SIZE`` up.
 """
 from __future__ import annotations
 

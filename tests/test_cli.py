@@ -53,7 +53,7 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
 
 def test_evaluate_pt_on_cub_queries_every_test_image(cub_root):
     result = last_json(frpt("evaluate", "--preset", "pt", "--backbone", "efficientnet_lite0", "--dataset", "cub",
-                            "--root", str(cub_root), "--input-size", "64", "--precision", "bf16",
+                            "--root", str(cub_root), "--input-size", "64",
                             "--batch-size", "128"))
     assert result["queries"] == 5924 and result["variant"] == "pt"
     assert result["recall@1"] > 0.05  # 100 unseen classes: chance is about 1 %

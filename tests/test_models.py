@@ -157,3 +157,11 @@ def test_dpp_outputs_for_the_app():
     assert torch.allclose(p.saliency.sum((1, 2, 3)), torch.ones(2), atol=1e-5)
     assert out.pre_head.shape == out.embedding.shape == (2, 1280)
     assert sharper.saliency.max() > p.saliency.max()
+
+
+def test_parameter_report_does_not_depend_on_requires_grad_flags():
+    model = build_model(model_config("official", "frpt", num_classes=7, input_size=64))
+    before = model.parameter_report()
+    assert before["total"]["learned"] == _learned(model)
+    model.requires_grad_(False)  # the app freezes everything for inference
+    assert model.parameter_report() == before

@@ -76,16 +76,20 @@ class FRPT(nn.Module):
         skip = () if self.config.finetune else ("backbone.",)
         return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
 
+    def is_learned(self, name: str) -> bool:
+        """Whether parameter ``name`` is trained: everything outside the backbone (all of it for ``finetune``)
+        except the BNNeck bias, which the released code freezes at 0. A structural rule, so the report stays
+        right for a model whose ``requires_grad`` flags were switched off for inference (as the app does)."""
+        if name.startswith("backbone."):
+            return self.config.finetune
+        return name != "head.neck.bias"
+
     def parameter_report(self) -> dict[str, dict[str, int]]:
         """Learned vs frozen parameter counts per module (``frpt info``)."""
-        report = {}
-        for name in ("backbone", "prompt", "cah", "head"):
-            module = getattr(self, name)
-            if module is None:
-                continue
-            params = list(module.parameters())
-            report[name] = {"learned": sum(p.numel() for p in params if p.requires_grad),
-                            "frozen": sum(p.numel() for p in params if not p.requires_grad)}
+        report: dict[str, dict[str, int]] = {}
+        for name, p in self.named_parameters():
+            counts = report.setdefault(name.split(".")[0], {"learned": 0, "frozen": 0})
+            counts["learned" if self.is_learned(name) else "frozen"] += p.numel()
         report["total"] = {k: sum(r[k] for r in report.values()) for k in ("learned", "frozen")}
         return report
 

@@ -1,0 +1,268 @@
+"""Table 1 ablation on CUB-200-2011 (paper Table 1), one ``python -m frpt`` subprocess per step.
+
+Every row is trained with ``python -m frpt train`` and evaluated with ``python -m frpt evaluate --checkpoint``;
+the PT row (nothing trained, shared by both presets) is ``python -m frpt evaluate --preset pt``. The exact
+command lines land in bench/results.json next to the numbers, and each run's log.csv is copied to
+bench/curves/<preset>-<variant>.csv.
+
+Profiles:
+  quick  128 px, batch 32, 4 epochs x 20 batches (2,560 random training images seen, ~0.44 of an epoch of the
+         5,864-image split), R@1 only after the last epoch; paper preset at lr 1e-2 (the paper's 1e-3 barely moves
+         the 0.4 M learned parameters in 80 steps), official preset at its own lr (0.02 with the 1,000-iteration
+         warm-up, so in practice 0.002-0.0035). Evaluation always on the full 5,924-image test split.
+         Sized for about an hour for the whole table on a dedicated 2-core CPU (bench/RESULTS.md).
+  full   paper settings: 224 px, each preset's epochs/batch/lr (500 epochs), test R@1 every 10 epochs.
+         For a GPU or an overnight run.
+
+Example: python bench/ablation.py --profile quick --preset paper --variants pt frpt finetune --out runs/ablation
+Re-running skips a step whose output (eval.json / checkpoint card) exists and was made by the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = "/work/shared/data/CUB_200_2011"
+VARIANTS = ("pt", "frpt", "finetune", "dpp+pt", "pt+cah", "no-in")
+PRESETS = ("paper", "official")
+# Paper Table 1 (ResNet-50, CUB R@1 %).
+PAPER_R1 = {"pt": 44.9, "finetune": 69.5, "dpp+pt": 55.7, "pt+cah": 61.8, "no-in": 72.2, "frpt": 74.3}
+PAPER_PARAMS = {"pt": "0 M", "finetune": "23.53 M", "dpp+pt": "0.25 M", "pt+cah": "2.62 M", "no-in": "2.86 M",
+                "frpt": "2.86 M"}
+
+PROFILES: dict[str, dict] = {
+    "quick": {"input_size": 128, "epochs": 4, "limit_batches": 20, "batch_size": 32, "eval_every": 0,
+              "lr": {"paper": 1e-2, "official": None}},
+    "full": {"input_size": 224, "epochs": None, "limit_batches": None, "batch_size": None, "eval_every": 10,
+             "lr": {"paper": None, "official": None}},
+}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def frpt_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "frpt", *args]
+
+
+def show(cmd: list[str]) -> str:
+    """The command as one would type it (the interpreter shown as ``python``)."""
+    return shlex.join(["python", *cmd[1:]])
+
+
+CPU_SECONDS: dict[str, float] = {}  # command -> user+sys CPU seconds of its process (robust to a shared machine)
+
+
+def run_json(cmd: list[str], log: Path) -> tuple[dict, float]:
+    """Run ``cmd`` (stderr to ``log``); return the JSON on its last stdout line and the wall-clock seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[ablation] {show(cmd)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS[show(cmd)] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    if proc.returncode != 0:
+        raise SystemExit(f"[ablation] failed ({proc.returncode}); see {log}: {show(cmd)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), seconds
+
+
+def cached(path: Path, command: str) -> dict | None:
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("command") == command:
+            return data
+    return None
+
+
+def data_args(root: str, size: int, threads: int) -> list[str]:
+    return ["--dataset", "cub", "--root", root, "--input-size", str(size), "--threads", str(threads), "--quiet"]
+
+
+def learned_params(preset: str, variant: str, backbone: str) -> int:
+    """Learned parameters with CUB's 100 training classes (what ``frpt info`` prints; no weights needed)."""
+    if variant == "pt":
+        return 0
+    sys.path.insert(0, str(REPO))
+    from frpt.config import model_config
+    from frpt.models import build_model
+    from frpt.models.backbone import RANDOM_WEIGHTS
+
+    model = build_model(model_config(preset, variant, backbone=backbone, num_classes=100), RANDOM_WEIGHTS)
+    return int(model.parameter_report()["total"]["learned"])
+
+
+def pt_row(args: argparse.Namespace, prof: dict) -> dict:
+    size = prof["input_size"]
+    folder = Path(args.out) / args.profile / f"pt-{size}"
+    cmd = frpt_cmd("evaluate", "--preset", "pt", "--backbone", args.backbone,
+                   *data_args(args.root, size, args.threads))
+    got = cached(folder / "eval.json", show(cmd))
+    if got is None:
+        metrics, seconds = run_json(cmd, folder / "eval.log")
+        got = {"command": show(cmd), "metrics": metrics, "eval_seconds": round(seconds, 1),
+               "eval_cpu_seconds": CPU_SECONDS[show(cmd)]}
+        if args.check_repro:  # the PT row has no randomness: a rerun must print the identical JSON
+            again, _ = run_json(cmd, folder / "eval-rerun.log")
+            got["rerun_identical"] = again == metrics
+            got["rerun_metrics"] = again
+        (folder / "eval.json").write_text(json.dumps(got, indent=1))
+    rec = record(args, "paper", "pt", got["metrics"], size, epochs=0, train_seconds=0.0, learned=0,
+                 command=got["command"], eval_command=got["command"], eval_seconds=got["eval_seconds"])
+    rec["eval_cpu_seconds"] = got.get("eval_cpu_seconds")
+    if "rerun_identical" in got:
+        rec["rerun_identical"] = got["rerun_identical"]
+    rec["note"] = "frozen backbone, nothing trained; the same row for both presets"
+    return rec
+
+
+def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str) -> dict:
+    size = prof["input_size"]
+    folder = Path(args.out) / args.profile / f"{preset}-{variant}"
+    ckpt = folder / "checkpoint"
+    train = frpt_cmd("train", "--preset", preset, "--variant", variant, "--backbone", args.backbone,
+                     *data_args(args.root, size, args.threads), "--out", str(ckpt), "--seed", str(args.seed))
+    for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--limit-batches", "limit_batches"),
+                      ("--eval-every", "eval_every")):
+        if prof[key]:
+            train += [flag, str(prof[key])]
+    if prof["lr"][preset] is not None:
+        train += ["--lr", str(prof["lr"][preset])]
+    got = cached(folder / "train.json", show(train))
+    if got is None:
+        if ckpt.exists():  # a half-finished run from another command: start clean
+            shutil.rmtree(ckpt)
+        out, seconds = run_json(train, folder / "train.log")
+        got = {"command": show(train), "result": out, "train_seconds": round(seconds, 1),
+               "train_cpu_seconds": CPU_SECONDS[show(train)]}
+        (folder / "train.json").write_text(json.dumps(got, indent=1))
+    card = json.loads((ckpt / "card.json").read_text())
+    if args.metrics_from_train:
+        # frpt train always evaluates the last epoch on the test split with the same code as frpt evaluate.
+        metrics, eval_cmd, eval_seconds = card["metrics"], "(final evaluation inside the train command)", None
+    else:
+        ev = frpt_cmd("evaluate", "--checkpoint", str(ckpt), *data_args(args.root, size, args.threads))
+        done = cached(folder / "eval.json", show(ev))
+        if done is None:
+            metrics, seconds = run_json(ev, folder / "eval.log")
+            done = {"command": show(ev), "metrics": metrics, "eval_seconds": round(seconds, 1),
+                    "eval_cpu_seconds": CPU_SECONDS[show(ev)]}
+            (folder / "eval.json").write_text(json.dumps(done, indent=1))
+        metrics, eval_cmd, eval_seconds = done["metrics"], done["command"], done["eval_seconds"]
+    curves = REPO / "bench" / "curves"
+    curves.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt / "log.csv", curves / f"{preset}-{variant}.csv")
+    rec = record(args, preset, variant, metrics, size, epochs=int(card["epoch"]), train_seconds=got["train_seconds"],
+                 learned=learned_params(preset, variant, args.backbone), command=got["command"],
+                 eval_command=eval_cmd, eval_seconds=eval_seconds)
+    rec["train_images_seen"] = (prof["limit_batches"] or 5864 // card["train"]["batch_size"]) \
+        * card["train"]["batch_size"] * int(card["epoch"])
+    rec["lr"] = card["train"]["lr"]
+    rec["train_cpu_seconds"] = got.get("train_cpu_seconds")
+    rec["checkpoint"] = str(ckpt.relative_to(REPO) if ckpt.resolve().is_relative_to(REPO) else ckpt)
+    return rec
+
+
+def record(args: argparse.Namespace, preset: str, variant: str, metrics: dict, size: int, *, epochs: int,
+           train_seconds: float, learned: int, command: str, eval_command: str, eval_seconds: float | None) -> dict:
+    return {
+        "dataset": "cub", "preset": preset, "variant": variant, "backbone": args.backbone, "profile": args.profile,
+        **{k: metrics[k] for k in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")},
+        "learned_params": learned, "train_seconds": train_seconds, "epochs": epochs, "input_size": size,
+        "paper_r50_recall@1": PAPER_R1[variant], "commit": git_commit(), "command": command,
+        "eval_command": eval_command, "eval_seconds": eval_seconds,
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU (shared with other jobs), torch threads {args.threads}",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def merge(path: Path, new: list[dict]) -> None:
+    """Replace records with the same (preset, variant, profile, input_size); keep the rest."""
+    old = json.loads(path.read_text()) if path.is_file() else []
+    key = lambda r: (r["dataset"], r["preset"], r["variant"], r.get("profile"), r["input_size"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    rows = [r for r in old if key(r) not in fresh] + new
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (r["input_size"], PRESETS.index(r["preset"]), order[r["variant"]]))
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def render(path: Path, profile: str, size: int) -> str:
+    """Markdown Table 1 for one profile/input size from results.json; rows not in it say "not yet run"."""
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    have = {(r["preset"], r["variant"]): r for r in rows if r.get("profile") == profile and r["input_size"] == size}
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    out = [f"| preset | variant | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train s | epochs | input | "
+           f"paper R50 R@1 (params) |", "|" + "---|" * 12]
+    for preset in PRESETS:
+        for v in VARIANTS:
+            r = have.get((preset, v))
+            paper = f"{PAPER_R1[v]} ({PAPER_PARAMS[v]})"
+            if r is None:
+                out.append(f"| {preset} | {v} | not yet run | | | | | | | | {size} | {paper} |")
+                continue
+            out.append(f"| {preset} | {v} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | {pct(r['recall@4'])} | "
+                       f"{pct(r['recall@8'])} | {pct(r['map@r'])} | {r['learned_params']:,} | {r['train_seconds']:.0f} | "
+                       f"{r['epochs']} | {r['input_size']} | {paper} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+    p.add_argument("--preset", choices=(*PRESETS, "both"), default="both")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="CUB_200_2011 folder (read in place, never copied)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--input-size", type=int, help="override the profile's input size")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-repro", action="store_true", help="run the PT evaluation twice and compare the JSON")
+    p.add_argument("--metrics-from-train", action="store_true",
+                   help="take a trained row's metrics from the train command's own final evaluation instead of a "
+                        "second frpt evaluate pass (saves one test-set pass per row)")
+    p.add_argument("--results", default=str(REPO / "bench" / "results.json"))
+    p.add_argument("--render", action="store_true", help="print the markdown table from --results and exit")
+    args = p.parse_args(argv)
+    if args.render:
+        print(render(Path(args.results), args.profile, args.input_size or PROFILES[args.profile]["input_size"]))
+        return 0
+    args.out = str(Path(args.out).resolve())
+    prof = dict(PROFILES[args.profile])
+    if args.input_size:
+        prof["input_size"] = args.input_size
+    presets = PRESETS if args.preset == "both" else (args.preset,)
+    for variant in args.variants:  # one row at a time, merged as soon as it is done
+        if variant == "pt":
+            pt = pt_row(args, prof)
+            rows = [pt, {**pt, "preset": "official"}]
+        else:
+            rows = [trained_row(args, prof, preset, variant) for preset in presets]
+        merge(Path(args.results), rows)
+        for r in rows:
+            print(json.dumps({k: r[k] for k in ("preset", "variant", "input_size", "recall@1", "map@r")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

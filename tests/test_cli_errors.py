@@ -69,7 +69,8 @@ def test_evaluate_tampered_checkpoint(ckpt, tmp_path):
     bad = tmp_path / "ckpt"
     shutil.copytree(ckpt, bad)
     weights = bad / "model-e0001.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # flip the last byte (a zero-initialised tensor ends in 0)
     msg = cli_error("evaluate", "--checkpoint", bad, "--dataset", "synthetic", "--quiet")
     assert "sha256" in msg
 

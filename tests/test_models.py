@@ -149,6 +149,9 @@ def test_cah_keeps_gated_channels_and_instance_normalises_the_rest():
 def test_dpp_outputs_for_the_app():
     model = build_model(model_config("paper", "frpt", num_classes=3, input_size=96)).eval()
     with torch.no_grad():
+        untrained = model.run_prompt(torch.rand(1, 3, 96, 96))
+        assert torch.allclose(untrained.saliency, torch.full_like(untrained.saliency, 1 / 961))  # zero init
+        torch.nn.init.normal_(model.prompt.conv.weight, std=1e-3)
         out = model(torch.rand(2, 3, 96, 96))
         sharper = model.run_prompt(torch.rand(2, 3, 96, 96), temperature=0.1)
     p = out.prompt

@@ -46,10 +46,10 @@ def main() -> int:
         records.append(rec)
         rows.append(rec)
     results_path.write_text(json.dumps(records, indent=1) + "\n")
-    print("| variant | DPP lr scale | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train+eval s | paper R50 R@1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | variant | DPP lr scale | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train+eval s | paper R50 R@1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['prompt_lr_scale']:g} | " + " | ".join(f"{100 * r[k]:.1f}" for k in
+        print(f"| {r['preset']} | {r['variant']} | {r['prompt_lr_scale']:g} | " + " | ".join(f"{100 * r[k]:.1f}" for k in
               ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"))
               + f" | {r['learned_params']:,} | {r['train_seconds']} | {r['paper_r50_recall@1']} |")
     return 0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Trained rows of the quick CUB profile (128 px, batch 32, 4 epochs x 20 batches, paper preset at lr 0.01), one
+# Trained rows of the quick CUB profile (128 px, batch 32, 4 epochs x 20 batches; paper preset at lr 0.01, official
+# preset at its own recipe), one
 # `python -m frpt train` per row; its last stdout line holds the full test-split metrics (evaluated after the last
 # epoch). Each row's command, wall time and JSON land in runs/quick/<row>.json. Usage: bash bench/quick_rows.sh ROOT
 set -u
@@ -8,8 +9,10 @@ OUT=runs/quick
 mkdir -p "$OUT"
 row() {  # name, extra args...
   local name=$1; shift
-  local cmd=(python -m frpt train --dataset cub --root "$ROOT" --preset paper --input-size 128 --batch-size 32
-             --epochs 4 --limit-batches 20 --lr 0.01 --threads 2 --quiet --out "$OUT/$name" "$@")
+  local preset_args=(--preset paper --lr 0.01)
+  [[ $name == official-* ]] && preset_args=(--preset official)
+  local cmd=(python -m frpt train --dataset cub --root "$ROOT" "${preset_args[@]}" --input-size 128 --batch-size 32
+             --epochs 4 --limit-batches 20 --threads 2 --quiet --out "$OUT/$name" "$@")
   local start=$(date +%s)
   rm -rf "$OUT/$name"
   local result
@@ -24,3 +27,5 @@ row pt+cah --variant pt+cah
 row frpt --variant frpt
 row dpp+pt-dpp2e-4 --variant dpp+pt --prompt-lr-scale 2e-4
 row no-in-dpp2e-4 --variant no-in --prompt-lr-scale 2e-4
+row official-frpt --variant frpt
+row official-finetune --variant finetune

@@ -29,3 +29,6 @@ row dpp+pt-dpp2e-4 --variant dpp+pt --prompt-lr-scale 2e-4
 row no-in-dpp2e-4 --variant no-in --prompt-lr-scale 2e-4
 row official-frpt --variant frpt
 row official-finetune --variant finetune
+row official-dpp+pt --variant dpp+pt
+row official-pt+cah --variant pt+cah
+row official-no-in --variant no-in

@@ -84,9 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset, variant = _resolve_preset(args)
     tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                         workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale)
-    size = args.input_size
-    if size is None:
-        size = _build_untrained(args, preset, "pt").config.input_size
+    from .models.backbone import default_input_size
+
+    size = args.input_size or default_input_size(args.backbone)
     train_set = _dataset(args, "train", size, train=True, recipe=tcfg.recipe)
     test_set = _dataset(args, "test", size)
     torch.manual_seed(tcfg.seed)  # initial weights of the learned parts

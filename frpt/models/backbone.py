@@ -42,6 +42,14 @@ def timm_name(name: str) -> str:
     return OFFLINE_BACKBONES[name].timm_name if name in OFFLINE_BACKBONES else name
 
 
+def default_input_size(name: str) -> int:
+    """Input size of timm's pretrained config for ``name``, read without building the model or loading weights."""
+    cfg = timm.get_pretrained_cfg(timm_name(name))
+    if cfg is None:
+        raise ConfigError(f"timm has no model named {timm_name(name)!r}; see timm.list_models().")
+    return int(cfg.input_size[-1])
+
+
 def offline_weights_path(name: str) -> Path | None:
     """Path of the packaged ImageNet weights for ``name``, or None when no package provides them."""
     spec = OFFLINE_BACKBONES.get(name)

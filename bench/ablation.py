@@ -6,16 +6,24 @@ command lines land in bench/results.json next to the numbers, and each run's log
 bench/curves/<preset>-<variant>.csv.
 
 Profiles:
-  quick  128 px, batch 32, 4 epochs x 20 batches (2,560 random training images seen, ~0.44 of an epoch of the
-         5,864-image split), R@1 only after the last epoch; paper preset at lr 1e-2 (the paper's 1e-3 barely moves
-         the 0.4 M learned parameters in 80 steps), official preset at its own lr (0.02 with the 1,000-iteration
-         warm-up, so in practice 0.002-0.0035). Evaluation always on the full 5,924-image test split.
-         Sized for about an hour for the whole table on a dedicated 2-core CPU (bench/RESULTS.md).
-  full   paper settings: 224 px, each preset's epochs/batch/lr (500 epochs), test R@1 every 10 epochs.
-         For a GPU or an overnight run.
+  quick   128 px, batch 32, 4 epochs x 20 batches (2,560 random training images seen, ~0.44 of an epoch of the
+          5,864-image split), R@1 only after the last epoch; paper preset at lr 1e-2 (the paper's 1e-3 barely
+          moves the 0.5 M learned parameters in 80 steps), official preset at its own lr (0.02 behind the
+          1,000-iteration warm-up, so in practice 0.002-0.0035). The whole table (both presets, the DPP rows
+          also with the bounded DPP) takes about an hour on an idle 2-core CPU (bench/RESULTS.md).
+  medium  128 px, batch 32, 12 epochs x 40 batches (480 steps, ~2.6 passes over the train split), test R@1
+          every 4 epochs; paper lr 1e-2. For a few rows at a time (20-40 min each on 2 cores).
+  full    paper settings: 224 px, each preset's epochs/batch/lr (500 epochs), test R@1 every 10 epochs.
+          For a GPU or an overnight run.
+Every profile evaluates on the full 5,924-image test split; a row's metrics are those of the evaluation
+``frpt train`` runs after its last epoch (``--separate-eval`` adds an ``frpt evaluate --checkpoint`` pass).
 
-Example: python bench/ablation.py --profile quick --preset paper --variants pt frpt finetune --out runs/ablation
-Re-running skips a step whose output (eval.json / checkpoint card) exists and was made by the same command.
+DPP settings (``--dpp``, rows with a DPP only): ``published`` = the preset as published; ``slow`` = the DPP at
+2e-4 x the learning rate (``--prompt-lr-scale 2e-4``); ``bounded`` = slow plus ``--saliency-bound 2`` (saliency
+logits squashed to (-2, 2), so the softmax cannot turn one-hot). See bench/RESULTS.md "DPP collapse".
+
+Example: python bench/ablation.py --profile quick --preset paper --variants pt frpt finetune --dpp published
+Re-running skips a step whose output (train.json / eval.json) exists and was made by the same command.
 """
 from __future__ import annotations
 
@@ -41,9 +49,18 @@ PAPER_R1 = {"pt": 44.9, "finetune": 69.5, "dpp+pt": 55.7, "pt+cah": 61.8, "no-in
 PAPER_PARAMS = {"pt": "0 M", "finetune": "23.53 M", "dpp+pt": "0.25 M", "pt+cah": "2.62 M", "no-in": "2.86 M",
                 "frpt": "2.86 M"}
 
+DPP_VARIANTS = ("frpt", "dpp+pt", "no-in")
+DPP_SETTINGS: dict[str, list[str]] = {
+    "published": [],
+    "slow": ["--prompt-lr-scale", "2e-4"],
+    "bounded": ["--prompt-lr-scale", "2e-4", "--saliency-bound", "2"],
+}
+
 PROFILES: dict[str, dict] = {
     "quick": {"input_size": 128, "epochs": 4, "limit_batches": 20, "batch_size": 32, "eval_every": 0,
               "lr": {"paper": 1e-2, "official": None}},
+    "medium": {"input_size": 128, "epochs": 12, "limit_batches": 40, "batch_size": 32, "eval_every": 4,
+               "lr": {"paper": 1e-2, "official": None}},
     "full": {"input_size": 224, "epochs": None, "limit_batches": None, "batch_size": None, "eval_every": 10,
              "lr": {"paper": None, "official": None}},
 }
@@ -135,12 +152,14 @@ def pt_row(args: argparse.Namespace, prof: dict) -> dict:
     return rec
 
 
-def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str) -> dict:
+def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str, dpp: str) -> dict:
     size = prof["input_size"]
-    folder = Path(args.out) / args.profile / f"{preset}-{variant}"
+    name = f"{preset}-{variant}" + (f"-{dpp}" if dpp != "published" else "")
+    folder = Path(args.out) / args.profile / name
     ckpt = folder / "checkpoint"
     train = frpt_cmd("train", "--preset", preset, "--variant", variant, "--backbone", args.backbone,
-                     *data_args(args.root, size, args.threads), "--out", str(ckpt), "--seed", str(args.seed))
+                     *data_args(args.root, size, args.threads), "--out", str(ckpt), "--seed", str(args.seed),
+                     *DPP_SETTINGS[dpp])
     for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--limit-batches", "limit_batches"),
                       ("--eval-every", "eval_every")):
         if prof[key]:
@@ -156,7 +175,7 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str)
                "train_cpu_seconds": CPU_SECONDS[show(train)]}
         (folder / "train.json").write_text(json.dumps(got, indent=1))
     card = json.loads((ckpt / "card.json").read_text())
-    if args.metrics_from_train:
+    if not args.separate_eval:
         # frpt train always evaluates the last epoch on the test split with the same code as frpt evaluate.
         metrics, eval_cmd, eval_seconds = card["metrics"], "(final evaluation inside the train command)", None
     else:
@@ -170,10 +189,12 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str)
         metrics, eval_cmd, eval_seconds = done["metrics"], done["command"], done["eval_seconds"]
     curves = REPO / "bench" / "curves"
     curves.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ckpt / "log.csv", curves / f"{preset}-{variant}.csv")
+    shutil.copyfile(ckpt / "log.csv", curves / f"{args.profile}-{name}.csv")
     rec = record(args, preset, variant, metrics, size, epochs=int(card["epoch"]), train_seconds=got["train_seconds"],
                  learned=learned_params(preset, variant, args.backbone), command=got["command"],
                  eval_command=eval_cmd, eval_seconds=eval_seconds)
+    rec["dpp"] = dpp
+    rec["curve"] = f"bench/curves/{args.profile}-{name}.csv"
     rec["train_images_seen"] = (prof["limit_batches"] or 5864 // card["train"]["batch_size"]) \
         * card["train"]["batch_size"] * int(card["epoch"])
     rec["lr"] = card["train"]["lr"]
@@ -188,41 +209,55 @@ def record(args: argparse.Namespace, preset: str, variant: str, metrics: dict, s
         "dataset": "cub", "preset": preset, "variant": variant, "backbone": args.backbone, "profile": args.profile,
         **{k: metrics[k] for k in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")},
         "learned_params": learned, "train_seconds": train_seconds, "epochs": epochs, "input_size": size,
-        "paper_r50_recall@1": PAPER_R1[variant], "commit": git_commit(), "command": command,
+        "nmi": metrics.get("nmi"), "paper_r50_recall@1": PAPER_R1[variant], "commit": git_commit(),
+        "command": command,
         "eval_command": eval_command, "eval_seconds": eval_seconds,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU (shared with other jobs), torch threads {args.threads}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch threads {args.threads}",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 def merge(path: Path, new: list[dict]) -> None:
-    """Replace records with the same (preset, variant, profile, input_size); keep the rest."""
+    """Replace records with the same (preset, variant, DPP settings, profile, input size); keep the rest."""
     old = json.loads(path.read_text()) if path.is_file() else []
-    key = lambda r: (r["dataset"], r["preset"], r["variant"], r.get("profile"), r["input_size"])  # noqa: E731
-    fresh = {key(r) for r in new}
-    rows = [r for r in old if key(r) not in fresh] + new
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    rows.sort(key=lambda r: (r["input_size"], PRESETS.index(r["preset"]), order[r["variant"]]))
+    fresh = {row_key(r) for r in new}
+    rows = sorted([r for r in old if row_key(r) not in fresh] + new, key=row_order)
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def dpp_of(r: dict) -> str:
+    return r.get("dpp", "published") if r["variant"] in DPP_VARIANTS else "-"
+
+
+def row_key(r: dict) -> tuple:
+    return r["dataset"], r["preset"], r["variant"], dpp_of(r), r.get("profile"), r["input_size"]
+
+
+def row_order(r: dict) -> tuple:
+    return (r["input_size"], r.get("profile") or "", PRESETS.index(r["preset"]), VARIANTS.index(r["variant"]),
+            tuple(DPP_SETTINGS).index(dpp_of(r)) if dpp_of(r) != "-" else -1)
+
+
 def render(path: Path, profile: str, size: int) -> str:
-    """Markdown Table 1 for one profile/input size from results.json; rows not in it say "not yet run"."""
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    have = {(r["preset"], r["variant"]): r for r in rows if r.get("profile") == profile and r["input_size"] == size}
+    """Markdown Table 1 for one profile/input size from results.json: every recorded row (a DPP row once per DPP
+    setting run), and "not yet run" where a preset's published row is missing."""
+    rows = [r for r in (json.loads(path.read_text()) if path.is_file() else [])
+            if r.get("profile") == profile and r["input_size"] == size]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    out = [f"| preset | variant | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train s | epochs | input | "
-           f"paper R50 R@1 (params) |", "|" + "---|" * 12]
+    out = ["| preset | variant | DPP | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train s | epochs | input | "
+           "paper R50 R@1 (params) |", "|" + "---|" * 13]
     for preset in PRESETS:
         for v in VARIANTS:
-            r = have.get((preset, v))
             paper = f"{PAPER_R1[v]} ({PAPER_PARAMS[v]})"
-            if r is None:
-                out.append(f"| {preset} | {v} | not yet run | | | | | | | | {size} | {paper} |")
-                continue
-            out.append(f"| {preset} | {v} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | {pct(r['recall@4'])} | "
-                       f"{pct(r['recall@8'])} | {pct(r['map@r'])} | {r['learned_params']:,} | {r['train_seconds']:.0f} | "
-                       f"{r['epochs']} | {r['input_size']} | {paper} |")
+            mine = sorted((r for r in rows if r["preset"] == preset and r["variant"] == v), key=row_order)
+            if not any(dpp_of(r) in ("published", "-") for r in mine):
+                out.append(f"| {preset} | {v} | {'published' if v in DPP_VARIANTS else '-'} | not yet run | | | | | "
+                           f"| | | {size} | {paper} |")
+            for r in mine:
+                out.append(f"| {preset} | {v} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
+                           f"{pct(r['recall@4'])} | {pct(r['recall@8'])} | {pct(r['map@r'])} | "
+                           f"{r['learned_params']:,} | {r['train_seconds']:.0f} | {r['epochs']} | {r['input_size']} | "
+                           f"{paper} |")
     return "\n".join(out)
 
 
@@ -238,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-repro", action="store_true", help="run the PT evaluation twice and compare the JSON")
-    p.add_argument("--metrics-from-train", action="store_true",
-                   help="take a trained row's metrics from the train command's own final evaluation instead of a "
-                        "second frpt evaluate pass (saves one test-set pass per row)")
+    p.add_argument("--dpp", nargs="+", choices=tuple(DPP_SETTINGS), default=["published", "bounded"],
+                   help="DPP settings to run each DPP row with (frpt, dpp+pt, no-in); others run once")
+    p.add_argument("--separate-eval", action="store_true",
+                   help="evaluate each trained checkpoint again with frpt evaluate --checkpoint (one more test-set "
+                        "pass per row) instead of taking the metrics of frpt train's own final evaluation")
     p.add_argument("--results", default=str(REPO / "bench" / "results.json"))
     p.add_argument("--render", action="store_true", help="print the markdown table from --results and exit")
     args = p.parse_args(argv)
@@ -257,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             pt = pt_row(args, prof)
             rows = [pt, {**pt, "preset": "official"}]
         else:
-            rows = [trained_row(args, prof, preset, variant) for preset in presets]
+            settings = args.dpp if variant in DPP_VARIANTS else ["published"]
+            rows = [trained_row(args, prof, preset, variant, dpp) for preset in presets for dpp in settings]
         merge(Path(args.results), rows)
         for r in rows:
             print(json.dumps({k: r[k] for k in ("preset", "variant", "input_size", "recall@1", "map@r")}), flush=True)

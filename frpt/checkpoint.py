@@ -43,6 +43,7 @@ MAX_CARD_BYTES = 16 * 2**20   # a real card is a few KiB; refuse to parse anythi
 # (grid/kernel/padding sizes are 31/31/30 in both presets).
 _INT_LIMITS = {"num_classes": 10**6, "input_size": 4096}
 _OTHER_INT_LIMIT = 256
+_ZERO_MEANS_OFF = {"saliency_bound"}  # float fields where 0 is a valid "disabled"; the others must be > 0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
 
@@ -223,7 +224,7 @@ def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
             ok = _is_int(value) and 0 <= value <= _INT_LIMITS.get(f.name, _OTHER_INT_LIMIT)
         elif isinstance(default, float):
             ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                  and value > 0)
+                  and (value > 0 or (value == 0 and f.name in _ZERO_MEANS_OFF)))
         else:
             ok = isinstance(value, str)
         if not ok:

@@ -72,7 +72,8 @@ def _build_untrained(args: argparse.Namespace, preset: str, variant: str, num_cl
 
     from .models import build_model
 
-    model = build_model(model_config(preset, variant, backbone=args.backbone, num_classes=num_classes),
+    overrides = {"saliency_bound": args.saliency_bound} if getattr(args, "saliency_bound", None) is not None else {}
+    model = build_model(model_config(preset, variant, backbone=args.backbone, num_classes=num_classes, **overrides),
                         args.backbone_weights)
     model.config = replace(model.config, input_size=args.input_size or model.backbone.default_input_size)
     return model
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--prompt-lr-scale", type=float, help="learning-rate multiplier for the DPP (default 1.0)")
+    p.add_argument("--saliency-bound", type=float,
+                   help="squash the DPP's saliency logits to (-B, B) so its softmax cannot turn one-hot "
+                        "(default 0: unbounded, as published)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")

@@ -35,6 +35,10 @@ class ModelConfig:
     grid_size: int = 31      # Recasens et al. sampler, as in the released saliency_sampler.py
     grid_padding: int = 30
     gaussian_fwhm: float = 13.0
+    # Not in the paper or the code: 0 = unbounded logits, as published. B > 0 passes the saliency logits through
+    # B * tanh(logits / B) before the softmax, so no cell can outweigh another by more than exp(2B) and the
+    # softmax can never turn one-hot (the collapse in bench/RESULTS.md "DPP collapse").
+    saliency_bound: float = 0.0
     # CAH (Sec. 3.3, Eqs. 7-9). official adds a 1x1 + 3x3 conv block after the gated IN.
     se_reduction: int = 8
     head_conv_block: bool = False

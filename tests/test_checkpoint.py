@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from frpt.checkpoint import load_card, load_checkpoint, save_checkpoint
+from frpt.checkpoint import card_seal, load_card, load_checkpoint, save_checkpoint
 from frpt.config import model_config, train_config
 from frpt.models import RANDOM_WEIGHTS, FRPT, Backbone, build_model
 
@@ -63,3 +63,24 @@ def test_finetune_checkpoint_stores_the_backbone(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x).embedding, loaded(x).embedding)
     assert load_card(tmp_path)["variant"] == "finetune"
+
+
+def test_bounded_saliency_travels_with_the_checkpoint_and_a_negative_bound_is_refused(tmp_path):
+    from frpt.errors import CheckpointError
+    torch.manual_seed(0)
+    model = build_model(model_config("paper", "frpt", num_classes=2, input_size=64, saliency_bound=2.0)).eval()
+    with torch.no_grad():
+        model.prompt.conv.weight.normal_(0, 1.0)  # a trained-looking, far from uniform saliency
+    save_checkpoint(tmp_path, model, classes=["a", "b"], dataset={}, epoch=1)
+    loaded, card = load_checkpoint(tmp_path)
+    x = torch.rand(2, 3, 64, 64)
+    assert card["model"]["saliency_bound"] == 2.0 and loaded.config.saliency_bound == 2.0
+    with torch.no_grad():
+        assert torch.equal(model.run_prompt(x).saliency, loaded.run_prompt(x).saliency)
+    card_path = tmp_path / "card.json"
+    edited = json.loads(card_path.read_text())
+    edited["model"]["saliency_bound"] = -2.0
+    edited["sealed_sha256"] = card_seal(edited)  # re-sealed, so the field check itself must refuse it
+    card_path.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match="saliency_bound"):
+        load_checkpoint(tmp_path)

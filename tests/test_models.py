@@ -146,6 +146,24 @@ def test_cah_keeps_gated_channels_and_instance_normalises_the_rest():
     assert torch.allclose(no_in(m), w * m, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_the_instance_norm_branch_reaches_the_embedding_only_through_the_official_head(preset):
+    """Parameter-free IN has zero spatial mean, so under the paper's GAP the (1 - W_C) * IN(M) term of Eq. 9
+    pools to exactly 0: paper-preset FRPT and its "without IN" row embed identically (and get identical
+    gradients). The released code's conv block + GeM make the IN branch count. bench/RESULTS.md discusses it."""
+    torch.manual_seed(0)
+    with_in = build_model(model_config(preset, "frpt", num_classes=3, input_size=64)).eval()
+    without_in = build_model(model_config(preset, "no-in", num_classes=3, input_size=64)).eval()
+    without_in.load_state_dict(with_in.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = with_in(x).embedding, without_in(x).embedding
+    if preset == "paper":
+        assert torch.allclose(a, b, atol=1e-5)
+    else:
+        assert (a - b).abs().max() > 1e-2
+
+
 def test_dpp_outputs_for_the_app():
     model = build_model(model_config("paper", "frpt", num_classes=3, input_size=96)).eval()
     with torch.no_grad():

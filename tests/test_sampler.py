@@ -87,3 +87,24 @@ def test_fft_saliency_conv_equals_a_direct_convolution():
     x = torch.randn(2, 24, 40, 33)
     direct = F.conv2d(x, conv.weight, conv.bias, padding=15)
     assert torch.allclose(conv(x), direct, atol=1e-4 * direct.abs().max().item())
+
+
+@pytest.mark.parametrize("bound", [0.0, 2.0])
+def test_saliency_bound_keeps_huge_logits_from_collapsing_the_warp(bound):
+    """With weights as large as the published learning rates produce, the unbounded softmax turns one-hot and
+    every sample reads one point; the bounded one caps the largest cell at exp(2B) / (exp(2B) + 960)."""
+    from frpt.models.prompt import DiscriminativePerturbationPrompt
+    torch.manual_seed(0)
+    dpp = DiscriminativePerturbationPrompt(24, kernel_size=31, saliency_bound=bound)
+    with torch.no_grad():
+        dpp.conv.weight.normal_(0, 10.0)
+    features = torch.randn(2, 24, 32, 32)
+    out = dpp(torch.rand(2, 3, 64, 64), features)
+    top = out.saliency.flatten(1).max(1).values
+    spread = out.grid.flatten(1, 2).std(1).min()  # per image and axis; identity warp: ~0.58
+    if bound == 0:
+        assert (top > 0.99).all() and spread < 0.05
+    else:
+        cap = math.exp(2 * bound) / (math.exp(2 * bound) + 960)
+        assert (top <= cap + 1e-6).all() and spread > 0.3
+        assert torch.allclose(out.saliency.sum((1, 2, 3)), torch.ones(2))

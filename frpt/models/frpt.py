@@ -41,6 +41,7 @@ class FRPT(nn.Module):
         self.prompt = DiscriminativePerturbationPrompt(
             backbone.stage_channels(config.saliency_stride), config.saliency_kernel, config.saliency_relu,
             config.saliency_bias, config.grid_size, config.grid_padding, config.gaussian_fwhm,
+            config.saliency_bound,
         ) if config.use_dpp else None
         self.cah = CategoryAwarenessHead(c, config.se_reduction, config.cah_instance_norm,
                                          config.head_conv_block) if config.use_cah else None

@@ -46,12 +46,17 @@ class DiscriminativePerturbationPrompt(nn.Module):
     paper preset: one ``kernel x kernel`` conv (sigma = 31, Eq. 1) on stride-4 features, no bias (a bias is
     meaningless before a softmax). official preset: ReLU then a 1x1 conv with bias on stride-16 features.
     Either way the logits are resized to the sampler's ``grid_size`` and softmaxed over the grid (Eq. 2).
+    ``saliency_bound`` B > 0 (ours, off in both presets) squashes the logits to (-B, B) first: the largest cell
+    of the 961 then holds at most exp(2B) / (exp(2B) + 960) of the mass (5.4 % for B = 2), so the warp stays a
+    smooth magnification however large the conv's weights grow.
     """
 
     def __init__(self, in_channels: int, kernel_size: int = 31, relu: bool = False, bias: bool = False,
-                 grid_size: int = 31, grid_padding: int = 30, gaussian_fwhm: float = 13.0):
+                 grid_size: int = 31, grid_padding: int = 30, gaussian_fwhm: float = 13.0,
+                 saliency_bound: float = 0.0):
         super().__init__()
         self.relu = relu
+        self.saliency_bound = saliency_bound
         self.conv = LargeKernelConv2d(in_channels, 1, kernel_size, padding=kernel_size // 2, bias=bias)
         # Zero init: uniform saliency, i.e. the identity warp, so an untrained prompt leaves the frozen baseline
         # (PT) untouched and training grows the warp from there. With PyTorch's default init the 31x31xC_S kernel
@@ -68,6 +73,8 @@ class DiscriminativePerturbationPrompt(nn.Module):
         logits = self.conv(x)
         if logits.shape[-1] != self.grid_size or logits.shape[-2] != self.grid_size:
             logits = F.interpolate(logits, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=True)
+        if self.saliency_bound > 0:
+            logits = self.saliency_bound * torch.tanh(logits.float() / self.saliency_bound)
         n = logits.shape[0]
         return F.softmax(logits.float().view(n, -1) / temperature, dim=1).view(n, 1, self.grid_size, self.grid_size)
 

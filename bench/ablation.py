@@ -240,7 +240,8 @@ def row_order(r: dict) -> tuple:
 
 def render(path: Path, profile: str, size: int) -> str:
     """Markdown Table 1 for one profile/input size from results.json: every recorded row (a DPP row once per DPP
-    setting run), and "not yet run" where a preset's published row is missing."""
+    setting run); for the whole-table profiles (quick, full) "not yet run" where a published row is missing."""
+    complete = profile in ("quick", "full")
     rows = [r for r in (json.loads(path.read_text()) if path.is_file() else [])
             if r.get("profile") == profile and r["input_size"] == size]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
@@ -250,7 +251,7 @@ def render(path: Path, profile: str, size: int) -> str:
         for v in VARIANTS:
             paper = f"{PAPER_R1[v]} ({PAPER_PARAMS[v]})"
             mine = sorted((r for r in rows if r["preset"] == preset and r["variant"] == v), key=row_order)
-            if not any(dpp_of(r) in ("published", "-") for r in mine):
+            if complete and not any(dpp_of(r) in ("published", "-") for r in mine):
                 out.append(f"| {preset} | {v} | {'published' if v in DPP_VARIANTS else '-'} | not yet run | | | | | "
                            f"| | | {size} | {paper} |")
             for r in mine:

@@ -6,12 +6,14 @@ on it with the preset's optimiser and schedule (frpt.training.build_optimizer / 
 ``python -m frpt train --variant pt+cah`` only by the missing augmentation; bench/RESULTS.md labels the row so.
 The result is a regular checkpoint (``frpt evaluate --checkpoint`` works on it) and a log.csv.
 
-Example: python bench/cached_head.py --preset paper --input-size 128 --epochs 30 --out runs/ablation/cached
+Example: python bench/cached_head.py --preset paper --input-size 128 --epochs 10 --out runs/ablation/cached
+The row is merged into bench/results.json as profile "cached" (``--results ''`` to skip).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ablation  # noqa: E402 - bench/ablation.py: the results.json record format
 
 from frpt.checkpoint import save_checkpoint  # noqa: E402
 from frpt.config import model_config, train_config  # noqa: E402
@@ -71,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--limit-images", type=int, help="smoke runs: first N images of each split")
+    p.add_argument("--results", default=str(ablation.REPO / "bench" / "results.json"),
+                   help="results.json to merge the row into ('' to skip)")
     args = p.parse_args(argv)
+    command = shlex.join(["python", "bench/cached_head.py", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(",".join(str(r[k]) for k in LOG_FIELDS) + "\n")
     print(json.dumps({"checkpoint": str(ckpt), "cache_seconds": round(cache_s, 1), "train_seconds": round(train_s, 1),
                       "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, **metrics}), flush=True)
+    if args.results and not args.limit_images:
+        ns = argparse.Namespace(backbone=args.backbone, profile="cached", threads=args.threads)
+        rec = ablation.record(ns, args.preset, args.variant, metrics, args.input_size, epochs=cfg.epochs,
+                              train_seconds=round(train_s, 1), learned=model.parameter_report()["total"]["learned"],
+                              command=command, eval_command="(evaluated on the cached test maps by the same command)",
+                              eval_seconds=None)
+        curve = ablation.REPO / "bench" / "curves" / f"cached-{args.preset}-{args.variant}.csv"
+        curve.write_text((ckpt / "log.csv").read_text())
+        rec.update(cache_seconds=round(cache_s, 1), lr=cfg.lr, curve=str(curve.relative_to(ablation.REPO)),
+                   note="trained on cached frozen feature maps of un-augmented images (test transform); "
+                        "train_seconds excludes caching and includes the per-epoch test R@1")
+        ablation.merge(Path(args.results), [rec])
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import streamlit as st
 
 from ..data import DATASETS, NEEDS_ROOT
-from ..demo import REBUILD_COMMAND, available_demos
+from ..demo import REBUILD_COMMAND, available_demos, bundled_cub_checkpoints
 from ..errors import FRPTError
 from . import cache
 
@@ -91,7 +91,7 @@ def _save_upload(files) -> Path:
 
 
 def _checkpoint_picker() -> str | None:
-    demos = {k: str(v) for k, v in available_demos().items()}
+    demos = {k: str(v) for k, v in {**available_demos(), **bundled_cub_checkpoints()}.items()}
     source = persistent("source", "Demo" if demos else "Folder")
     st.radio("Checkpoint", SOURCES, horizontal=True, **widget_args("source"))
     if source == "Demo":
@@ -101,7 +101,9 @@ def _checkpoint_picker() -> str | None:
         persistent("demo", "frpt" if "frpt" in demos else next(iter(demos)))
         if st.session_state["frpt.demo"] not in demos:
             st.session_state["frpt.demo"] = st.session_state["w.demo"] = next(iter(demos))
-        name = st.selectbox("Demo checkpoint", list(demos), help="trained on the built-in synthetic set",
+        name = st.selectbox("Demo checkpoint", list(demos),
+                            help="trained on the built-in synthetic set; cub/...: trained on CUB-200-2011, "
+                                 "needs your own CUB_200_2011 folder",
                             **widget_args("demo"))
         return demos[name]
     if source == "Folder":

@@ -316,3 +316,27 @@ def load_train_state(card: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     if "train_state" not in card["files"]:
         return None
     return read_tensors(verified_file(Path(card["path"]), card, "train_state"))
+
+
+def export_checkpoint(src: str | os.PathLike, dest: str | os.PathLike,
+                      backbone_weights: str | os.PathLike | None = None) -> Path:
+    """Copy checkpoint ``src`` to the new folder ``dest`` for sharing: the learned tensors, card and training log,
+    without the optimiser state (half the size of a paper-preset FRPT checkpoint). ``src`` is fully verified
+    first, and ``dest`` appears only once it is complete. Returns the new card path."""
+    dest = Path(dest)
+    if dest.exists():
+        raise CheckpointError(f"{dest} already exists; export into a new folder.")
+    model, card = load_checkpoint(src, backbone_weights=backbone_weights)
+    train = from_dict(TrainConfig, card["train"]) if card.get("train") else None
+    scratch = dest.with_name(f".{dest.name}.export-tmp")
+    if scratch.exists():  # left by an export that was killed
+        for stale in scratch.iterdir():
+            stale.unlink()
+        scratch.rmdir()
+    save_checkpoint(scratch, model, classes=card["classes"], dataset=card.get("dataset") or {}, train=train,
+                    epoch=card["epoch"], metrics=card.get("metrics"), extra={"exported_from": card["path"]})
+    log = Path(card["path"]) / "log.csv"
+    if log.is_file():
+        (scratch / "log.csv").write_bytes(log.read_bytes())
+    scratch.rename(dest)
+    return dest / CARD

@@ -129,6 +129,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import export_checkpoint
+
+    card_path = export_checkpoint(args.checkpoint, args.out, backbone_weights=args.backbone_weights)
+    files = sorted(p.name for p in card_path.parent.iterdir())
+    _emit({"checkpoint": str(card_path.parent), "files": files,
+           "bytes": sum(p.stat().st_size for p in card_path.parent.iterdir())})
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .gallery import gallery_embeddings
@@ -227,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True)
     p.add_argument("--k", type=int, default=10)
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("export", help="copy a checkpoint without its optimiser state, for sharing")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="new folder")
+    p.add_argument("--backbone-weights")
+    p.add_argument("--quiet", action="store_true", help="accepted for symmetry; export prints only its JSON line")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="learned vs frozen parameters per module")
     _add_model_args(p, preset_required=True)

@@ -1,4 +1,4 @@
-"""The command line end to end: train, evaluate, retrieve, info (subprocesses, as a user runs them)."""
+"""The command line end to end: train, evaluate, retrieve, info, export (subprocesses, as a user runs them)."""
 import json
 import subprocess
 import sys
@@ -49,6 +49,15 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
 
     info = last_json(frpt("info", "--checkpoint", str(out)))
     assert info["preset"] == preset and info["parameters"]["backbone"]["learned"] == 0
+
+    shared = tmp_path / f"{preset}-shared"
+    exported = last_json(frpt("export", "--checkpoint", str(out), "--out", str(shared)))
+    assert exported["files"] == ["card.json", "log.csv", "model-e0002.safetensors"]  # no optimiser state
+    assert (shared / "log.csv").read_text() == (out / "log.csv").read_text()
+    again = last_json(frpt("evaluate", "--checkpoint", str(shared), "--dataset", "synthetic"))
+    assert again["recall@1"] == evaluated["recall@1"] and again["map@r"] == evaluated["map@r"]
+    refused = frpt("export", "--checkpoint", str(out), "--out", str(shared), check=False)
+    assert refused.returncode == 2 and "already exists" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
 def test_evaluate_pt_on_cub_queries_every_test_image(cub_root):

@@ -99,3 +99,13 @@ def test_bad_upload_shows_one_sentence_and_good_upload_retrieves(app):
     at.get("file_uploader")[0].upload("red.png", buf.getvalue(), "image/png").run()
     _ok(at)
     assert _images(at) >= 1 + 8 + 2
+
+
+def test_shipped_cub_checkpoint_opens_in_the_prompt_explorer(app, cub_root):
+    at = app.switch_page(PAGES[0])
+    at.session_state["frpt.demo"] = at.session_state["w.demo"] = "cub/paper-frpt"
+    at.session_state["frpt.root.cub"] = at.session_state["w.root.cub"] = str(cub_root)
+    at.run()
+    _ok(at)
+    assert _images(at) == 5  # original, saliency, warped, grid, magnification of a real CUB test image
+    assert any("5924 test images" in c.value for c in at.caption)

@@ -120,6 +120,11 @@ def _checkpoint_picker() -> str | None:
 def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
     trained = (card.get("dataset") or {}).get("name")
     name = persistent("dataset", trained if trained in DATASET_NAMES else "synthetic")
+    if st.session_state.get("frpt.dataset_of") != card.get("path"):
+        # A newly picked checkpoint opens on the dataset it was trained on; the user may switch afterwards.
+        st.session_state["frpt.dataset_of"] = card.get("path")
+        if trained in DATASET_NAMES and trained != name:
+            name = st.session_state["frpt.dataset"] = st.session_state["w.dataset"] = trained
     st.selectbox("Dataset (test split)", DATASET_NAMES, **widget_args("dataset"))
     root = None
     if name in NEEDS_ROOT:

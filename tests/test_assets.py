@@ -1,0 +1,31 @@
+"""The checkpoints shipped in assets/: they load, and the CUB one reproduces the figures its card (and
+bench/RESULTS.md) reports when a CUB copy is at hand."""
+import pytest
+
+from frpt.checkpoint import load_checkpoint
+from frpt.demo import bundled_cub_checkpoints
+
+
+def test_a_cub_checkpoint_is_shipped_small_and_without_optimiser_state():
+    shipped = bundled_cub_checkpoints()
+    assert "cub/paper-frpt" in shipped
+    for folder in shipped.values():
+        names = sorted(p.name for p in folder.iterdir() if p.name != "gallery")
+        assert names[0] == "card.json" and not any(n.startswith("train-state") for n in names)
+        assert sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) < 5 * 2**20
+        model, card = load_checkpoint(folder)
+        assert card["dataset"]["name"] == "cub" and len(card["classes"]) == 100
+        assert card["classes"][0].startswith("001.") and card["classes"][-1].startswith("100.")
+
+
+def test_shipped_cub_checkpoint_reproduces_its_recorded_recall(cub_root):
+    from frpt.data import build_dataset, build_transform
+    from frpt.evaluation import evaluate
+
+    model, card = load_checkpoint(bundled_cub_checkpoints()["cub/paper-frpt"])
+    test_set = build_dataset("cub", "test", root=cub_root, transform=build_transform(card["input_size"], train=False))
+    metrics = evaluate(model, test_set, progress=False)
+    assert metrics["queries"] == 5924
+    # 1/5924 = 0.00017 per query: allow a couple of near-ties to flip under another thread count
+    for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
+        assert metrics[key] == pytest.approx(card["metrics"][key], abs=5e-4), key

@@ -29,3 +29,22 @@ def test_shipped_cub_checkpoint_reproduces_its_recorded_recall(cub_root):
     # 1/5924 = 0.00017 per query: allow a couple of near-ties to flip under another thread count
     for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
         assert metrics[key] == pytest.approx(card["metrics"][key], abs=5e-4), key
+
+
+def test_bench_results_records_carry_what_a_rerun_needs():
+    import json
+    from pathlib import Path
+
+    rows = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results.json").read_text())
+    required = {"dataset", "preset", "variant", "backbone", "recall@1", "recall@2", "recall@4", "recall@8", "map@r",
+                "learned_params", "train_seconds", "epochs", "input_size", "commit", "command"}
+    for r in rows:
+        assert required <= set(r), (r.get("preset"), r.get("variant"), sorted(required - set(r)))
+        assert r["dataset"] == "cub" and r["preset"] in ("paper", "official")
+        assert r["variant"] in ("pt", "finetune", "dpp+pt", "pt+cah", "no-in", "frpt")
+        assert r["command"].startswith(("python -m frpt ", "python bench/"))
+        assert all(0 <= r[k] <= 1 for k in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"))
+        assert r["recall@1"] <= r["recall@2"] <= r["recall@4"] <= r["recall@8"]
+    pt = [r for r in rows if r["variant"] == "pt"]
+    assert pt and all(r["command"].startswith("python -m frpt evaluate --preset pt --backbone efficientnet_lite0 "
+                                              "--dataset cub --root ") for r in pt)

@@ -264,7 +264,8 @@ def render(path: Path, profile: str, size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+    p.add_argument("--profile", choices=(*PROFILES, "cached"), default="quick",
+                   help="cached: only with --render (rows from bench/cached_head.py)")
     p.add_argument("--preset", choices=(*PRESETS, "both"), default="both")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
@@ -283,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", action="store_true", help="print the markdown table from --results and exit")
     args = p.parse_args(argv)
     if args.render:
-        print(render(Path(args.results), args.profile, args.input_size or PROFILES[args.profile]["input_size"]))
+        size = args.input_size or PROFILES.get(args.profile, PROFILES["quick"])["input_size"]
+        print(render(Path(args.results), args.profile, size))
         return 0
+    if args.profile not in PROFILES:
+        p.error("--profile cached only renders; its rows come from bench/cached_head.py")
     args.out = str(Path(args.out).resolve())
     prof = dict(PROFILES[args.profile])
     if args.input_size:

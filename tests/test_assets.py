@@ -8,7 +8,7 @@ from frpt.demo import bundled_cub_checkpoints
 
 def test_a_cub_checkpoint_is_shipped_small_and_without_optimiser_state():
     shipped = bundled_cub_checkpoints()
-    assert "cub/paper-frpt" in shipped
+    assert {"cub/paper-frpt", "cub/official-dpp+pt"} <= set(shipped)
     for folder in shipped.values():
         names = sorted(p.name for p in folder.iterdir() if p.name != "gallery")
         assert names[0] == "card.json" and not any(n.startswith("train-state") for n in names)
@@ -18,11 +18,12 @@ def test_a_cub_checkpoint_is_shipped_small_and_without_optimiser_state():
         assert card["classes"][0].startswith("001.") and card["classes"][-1].startswith("100.")
 
 
-def test_shipped_cub_checkpoint_reproduces_its_recorded_recall(cub_root):
+@pytest.mark.parametrize("name", ["cub/paper-frpt", "cub/official-dpp+pt"])
+def test_shipped_cub_checkpoint_reproduces_its_recorded_recall(cub_root, name):
     from frpt.data import build_dataset, build_transform
     from frpt.evaluation import evaluate
 
-    model, card = load_checkpoint(bundled_cub_checkpoints()["cub/paper-frpt"])
+    model, card = load_checkpoint(bundled_cub_checkpoints()[name])
     test_set = build_dataset("cub", "test", root=cub_root, transform=build_transform(card["input_size"], train=False))
     metrics = evaluate(model, test_set, progress=False)
     assert metrics["queries"] == 5924

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__
 from .config import PRESETS, VARIANTS, ModelConfig, TrainConfig, from_dict
@@ -49,7 +49,10 @@ _TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp))
+    # Serialise in memory and let atomic_write own the only temp file: safetensors' save_file writes through a
+    # temp file of its own (".tmpXXXXXX", Rust's tempfile) that a killed process would leave in the checkpoint.
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return file_sha256(path)
 
 

@@ -52,6 +52,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> None:
-    """Delete temp files a killed process left behind."""
-    for tmp in Path(folder).glob(".*.tmp"):
+    """Delete temp files a killed process left behind: ours (``.<name>.<random>.tmp``) and those of safetensors'
+    own ``save_file`` (``.tmp`` + 6 random characters), left by runs from before checkpoint tensors were
+    serialised in memory."""
+    folder = Path(folder)
+    for tmp in (*folder.glob(".*.tmp"), *folder.glob(".tmp??????")):
         tmp.unlink(missing_ok=True)

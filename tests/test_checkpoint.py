@@ -84,3 +84,13 @@ def test_bounded_saliency_travels_with_the_checkpoint_and_a_negative_bound_is_re
     card_path.write_text(json.dumps(edited))
     with pytest.raises(CheckpointError, match="saliency_bound"):
         load_checkpoint(tmp_path)
+
+
+def test_saving_clears_temp_files_of_a_killed_writer_and_writes_none_of_its_own(tmp_path):
+    """A SIGKILL mid-save leaves our ``.<name>.<random>.tmp`` or, from safetensors' own save_file, ``.tmpXXXXXX``;
+    the next save removes both, and a save itself leaves nothing but the card and its tensor file."""
+    for name in (".card.json.k2j3.tmp", ".tmp0YAUY8", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    model = build_model(model_config("paper", "dpp+pt", num_classes=2, input_size=64))
+    save_checkpoint(tmp_path, model, classes=["a", "b"], dataset={}, epoch=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "model-e0001.safetensors", "notes.txt"]

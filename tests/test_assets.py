@@ -49,3 +49,15 @@ def test_bench_results_records_carry_what_a_rerun_needs():
     pt = [r for r in rows if r["variant"] == "pt"]
     assert pt and all(r["command"].startswith("python -m frpt evaluate --preset pt --backbone efficientnet_lite0 "
                                               "--dataset cub --root ") for r in pt)
+
+
+def test_checkpoint_card_summary_tells_a_bounded_dpp_from_the_published_one():
+    from frpt.demo import demo_checkpoint_dir
+    from frpt.checkpoint import load_card
+    from frpt.ui.logic import card_summary
+
+    bounded = card_summary(load_card(bundled_cub_checkpoints()["cub/paper-frpt"]))
+    published = card_summary(load_card(demo_checkpoint_dir("no-cah")))
+    assert bounded["saliency bound"] == "2" and bounded["DPP lr scale"] == "0.0002"
+    assert published["saliency bound"] == "none (as published)"
+    assert "saliency bound" not in card_summary(load_card(demo_checkpoint_dir("pt")))

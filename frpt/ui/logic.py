@@ -153,6 +153,11 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         "input size": card.get("input_size"), "epochs": card.get("epoch"),
         "trained on": (card.get("dataset") or {}).get("name"), "classes": len(card.get("classes") or []),
     }
+    if card.get("variant") in ("frpt", "dpp+pt", "no-in"):  # the DPP stabilisers, so a bounded run is told apart
+        model, train = card.get("model") or {}, card.get("train") or {}
+        out["DPP lr scale"] = f"{train.get('prompt_lr_scale', 1.0):g}"
+        bound = model.get("saliency_bound", 0.0)
+        out["saliency bound"] = f"{bound:g}" if bound else "none (as published)"
     if report:
         out["learned parameters"] = f"{report['total']['learned']:,}"
         out["frozen parameters"] = f"{report['total']['frozen']:,}"

@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from frpt.config import DPP_VARIANTS  # noqa: E402 - plain dataclasses, no torch
 DEFAULT_ROOT = "/work/shared/data/CUB_200_2011"
 VARIANTS = ("pt", "frpt", "finetune", "dpp+pt", "pt+cah", "no-in")
 PRESETS = ("paper", "official")
@@ -49,7 +52,6 @@ PAPER_R1 = {"pt": 44.9, "finetune": 69.5, "dpp+pt": 55.7, "pt+cah": 61.8, "no-in
 PAPER_PARAMS = {"pt": "0 M", "finetune": "23.53 M", "dpp+pt": "0.25 M", "pt+cah": "2.62 M", "no-in": "2.86 M",
                 "frpt": "2.86 M"}
 
-DPP_VARIANTS = ("frpt", "dpp+pt", "no-in")
 DPP_SETTINGS: dict[str, list[str]] = {
     "published": [],
     "slow": ["--prompt-lr-scale", "2e-4"],
@@ -119,7 +121,6 @@ def learned_params(preset: str, variant: str, backbone: str) -> int:
     """Learned parameters with CUB's 100 training classes (what ``frpt info`` prints; no weights needed)."""
     if variant == "pt":
         return 0
-    sys.path.insert(0, str(REPO))
     from frpt.config import model_config
     from frpt.models import build_model
     from frpt.models.backbone import RANDOM_WEIGHTS

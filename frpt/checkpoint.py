@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -333,9 +334,7 @@ def export_checkpoint(src: str | os.PathLike, dest: str | os.PathLike,
     train = from_dict(TrainConfig, card["train"]) if card.get("train") else None
     scratch = dest.with_name(f".{dest.name}.export-tmp")
     if scratch.exists():  # left by an export that was killed
-        for stale in scratch.iterdir():
-            stale.unlink()
-        scratch.rmdir()
+        shutil.rmtree(scratch)
     save_checkpoint(scratch, model, classes=card["classes"], dataset=card.get("dataset") or {}, train=train,
                     epoch=card["epoch"], metrics=card.get("metrics"), extra={"exported_from": card["path"]})
     log = Path(card["path"]) / "log.csv"

@@ -133,9 +133,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import export_checkpoint
 
     card_path = export_checkpoint(args.checkpoint, args.out, backbone_weights=args.backbone_weights)
-    files = sorted(p.name for p in card_path.parent.iterdir())
-    _emit({"checkpoint": str(card_path.parent), "files": files,
-           "bytes": sum(p.stat().st_size for p in card_path.parent.iterdir())})
+    files = sorted(card_path.parent.iterdir())
+    _emit({"checkpoint": str(card_path.parent), "files": [p.name for p in files],
+           "bytes": sum(p.stat().st_size for p in files)})
     return 0
 
 

@@ -15,6 +15,7 @@ from .errors import ConfigError
 PRESETS = ("paper", "official")
 # Table 1 rows. "pt" = frozen backbone's pooled features, nothing trained.
 VARIANTS = ("frpt", "dpp+pt", "pt+cah", "no-in", "finetune", "pt")
+DPP_VARIANTS = ("frpt", "dpp+pt", "no-in")  # the rows with a discriminative perturbation prompt
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ModelConfig:
 
     @property
     def use_dpp(self) -> bool:
-        return self.variant in ("frpt", "dpp+pt", "no-in")
+        return self.variant in DPP_VARIANTS
 
     @property
     def use_cah(self) -> bool:
@@ -139,4 +140,4 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
-__all__ = ["PRESETS", "VARIANTS", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]
+__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]

@@ -73,10 +73,11 @@ class DiscriminativePerturbationPrompt(nn.Module):
         logits = self.conv(x)
         if logits.shape[-1] != self.grid_size or logits.shape[-2] != self.grid_size:
             logits = F.interpolate(logits, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=True)
+        logits = logits.float()
         if self.saliency_bound > 0:
-            logits = self.saliency_bound * torch.tanh(logits.float() / self.saliency_bound)
+            logits = self.saliency_bound * torch.tanh(logits / self.saliency_bound)
         n = logits.shape[0]
-        return F.softmax(logits.float().view(n, -1) / temperature, dim=1).view(n, 1, self.grid_size, self.grid_size)
+        return F.softmax(logits.view(n, -1) / temperature, dim=1).view(n, 1, self.grid_size, self.grid_size)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> PromptOutput:
         saliency = self.saliency(features, temperature)

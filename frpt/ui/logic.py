@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import viz
+from ..config import DPP_VARIANTS
 from ..models import FRPT, focus_score, sampling_density
 
 
@@ -153,7 +154,7 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         "input size": card.get("input_size"), "epochs": card.get("epoch"),
         "trained on": (card.get("dataset") or {}).get("name"), "classes": len(card.get("classes") or []),
     }
-    if card.get("variant") in ("frpt", "dpp+pt", "no-in"):  # the DPP stabilisers, so a bounded run is told apart
+    if card.get("variant") in DPP_VARIANTS:  # the DPP stabilisers, so a bounded run is told apart
         model, train = card.get("model") or {}, card.get("train") or {}
         out["DPP lr scale"] = f"{train.get('prompt_lr_scale', 1.0):g}"
         bound = model.get("saliency_bound", 0.0)

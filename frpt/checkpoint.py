@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from . import __version__
-from .config import PRESETS, VARIANTS, ModelConfig, TrainConfig, from_dict
+from .config import PRESETS, PROMPTS, VARIANTS, VIEWS, ModelConfig, TrainConfig, from_dict
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, atomic_write_text, remove_stale_temps
 from .models import RANDOM_WEIGHTS, FRPT, Backbone, file_sha256
@@ -44,7 +44,7 @@ MAX_CARD_BYTES = 16 * 2**20   # a real card is a few KiB; refuse to parse anythi
 # (grid/kernel/padding sizes are 31/31/30 in both presets).
 _INT_LIMITS = {"num_classes": 10**6, "input_size": 4096}
 _OTHER_INT_LIMIT = 256
-_ZERO_MEANS_OFF = {"saliency_bound"}  # float fields where 0 is a valid "disabled"; the others must be > 0
+_ZERO_MEANS_OFF = {"saliency_bound", "crop_margin"}  # float fields where 0 is a valid "disabled"; the others must be > 0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
 
@@ -234,6 +234,11 @@ def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
         if not ok:
             raise CheckpointError(f"Checkpoint {folder} has an invalid model.{f.name} {value!r}; "
                                   "the card was edited or damaged, retrain or re-export the checkpoint.")
+    views = config.views.split(",")
+    if config.prompt not in PROMPTS or not views or any(v not in VIEWS for v in views) \
+            or not 0 < config.crop_min_half <= config.crop_max_half <= 0.5:
+        raise CheckpointError(f"Checkpoint {folder} has an unknown prompt {config.prompt!r}, views {config.views!r} "
+                              "or crop limits; the card was edited or comes from another tool.")
     return config
 
 

@@ -26,15 +26,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="inference precision for embeddings (bf16: faster on CPUs with avx512_bf16)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="inference precision (auto: bf16 where the CPU has native bf16 or on CUDA, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_model_args(p: argparse.ArgumentParser, preset_required: bool = False) -> None:
     p.add_argument("--preset", choices=(*PRESETS, "pt"), default=None if preset_required else "paper",
-                   help="paper or official (pt = frozen backbone's pooled features, nothing trained)")
+                   help="paper, official or compact (ours, for small compute); pt = the paper preset's frozen "
+                        "backbone, nothing trained (--preset P --variant pt for another preset's pooling)")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="Table 1 row (default frpt)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="timm model name")
     p.add_argument("--backbone-weights", help="local .safetensors/.pth for backbones without packaged weights")
@@ -59,7 +60,8 @@ def _dataset(args: argparse.Namespace, split: str, input_size: int, train: bool 
 
 
 def _dataset_info(args: argparse.Namespace) -> dict[str, Any]:
-    return {"name": args.dataset, "root": str(Path(args.root).resolve()) if args.root else None}
+    # As typed (relative paths stay relative): a card must not carry one machine's absolute folder.
+    return {"name": args.dataset, "root": str(args.root) if args.root else None}
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -84,18 +86,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     preset, variant = _resolve_preset(args)
     tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                        workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale)
+                        workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale,
+                        val_fraction=args.val_fraction, prompt_epochs=args.prompt_epochs)
     from .models.backbone import default_input_size
 
     size = args.input_size or default_input_size(args.backbone)
-    train_set = _dataset(args, "train", size, train=True, recipe=tcfg.recipe)
+    compact = preset == "compact"  # trains on cached features of the deterministic views, not augmented images
+    train_set = _dataset(args, "train", size, train=not compact, recipe=tcfg.recipe)
     test_set = _dataset(args, "test", size)
     torch.manual_seed(tcfg.seed)  # initial weights of the learned parts
     args.input_size = size
     model = _build_untrained(args, preset, variant, num_classes=len(train_set.classes))
-    card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes), dataset_info=_dataset_info(args),
-                 test_set=test_set, resume=args.resume, device=args.device, progress=not args.quiet,
-                 eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches)
+    if compact:
+        from .compact import train_compact
+
+        card = train_compact(model.to(args.device), train_set, tcfg, args.out, classes=list(train_set.classes),
+                             dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume,
+                             feature_cache=args.feature_cache, batch_size=args.eval_batch_size, workers=args.workers,
+                             precision=args.precision, progress=not args.quiet)
+    else:
+        card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes),
+                     dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume, device=args.device,
+                     progress=not args.quiet, eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches)
     _emit({"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]})
     return 0
 
@@ -214,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--limit-batches", type=int, help="cap batches per epoch (smoke runs)")
+    p.add_argument("--feature-cache", help="compact preset: folder of cached frozen feature maps, shareable between "
+                                           "runs on the same data (default: <out>/features)")
+    p.add_argument("--val-fraction", type=float, help="compact preset: share of the training classes held out "
+                                                       "to choose epochs (default 0.2)")
+    p.add_argument("--prompt-epochs", type=int, help="compact preset: epochs for the prompt before the head")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")

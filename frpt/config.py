@@ -2,6 +2,8 @@
 
 ``paper`` follows the AAAI 2023 text (Eqs. 1-10, Sec. "Implementation Details"); ``official`` follows the
 released code (github.com/Pual2013/FRPT, ``saliency_sampler.py``, ``retrieval_head.py``, ``cub.yml``).
+``compact`` is ours: FRPT for small compute (a 2-core CPU), with every departure listed in :data:`COMPACT_DEPARTURES`
+and measured in bench/RESULTS.md.
 ../shared/research/frpt-paper.md lists every difference. Configs are plain dataclasses so that a checkpoint
 stores them as JSON (``dataclasses.asdict``) and never as pickled objects.
 """
@@ -12,10 +14,25 @@ from typing import Any
 
 from .errors import ConfigError
 
-PRESETS = ("paper", "official")
+PRESETS = ("paper", "official", "compact")
 # Table 1 rows. "pt" = frozen backbone's pooled features, nothing trained.
 VARIANTS = ("frpt", "dpp+pt", "pt+cah", "no-in", "finetune", "pt")
 DPP_VARIANTS = ("frpt", "dpp+pt", "no-in")  # the rows with a discriminative perturbation prompt
+PROMPTS = ("warp", "crop")  # warp: the published DPP sampler; crop: the compact preset's rigid zoom
+VIEWS = ("orig", "flip", "crop", "crop-flip")  # views whose normalised embeddings are averaged
+
+# What the compact preset changes, why, and where its effect is measured (bench/RESULTS.md, "compact preset").
+COMPACT_DEPARTURES: dict[str, str] = {
+    "prompt": "rigid zoom on the saliency's box instead of the inhomogeneous warp: the warp bends the object and "
+              "frozen features pay for it (cpu-recipe-notes.md)",
+    "saliency": "a 1x1 conv on the frozen final map (stride 32), initialised to the channel mean (the backbone's "
+                "activation energy), instead of a 31x31 conv on block-1 features",
+    "views": "the embedding averages the L2-normalised embeddings of the original, its flip, the crop and its flip",
+    "pooling": "GeM (p = 3) and a BNNeck, as the released code, instead of GAP",
+    "training": "features of the frozen backbone are computed once and cached (fp16); the prompt is trained first, "
+                "then the head, each on the cache, with the epoch chosen on a validation split of training classes",
+    "loss": "cross-entropy with label smoothing 0.1 on a cosine classifier",
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,15 @@ class ModelConfig:
     grid_size: int = 31      # Recasens et al. sampler, as in the released saliency_sampler.py
     grid_padding: int = 30
     gaussian_fwhm: float = 13.0
+    # Which sampler the prompt uses (PROMPTS). The crop box is mean +- crop_std_scale * std of the saliency per
+    # axis, widened by crop_margin, each half-width clamped to [crop_min_half, crop_max_half] (image fractions).
+    prompt: str = "warp"
+    crop_std_scale: float = 2.0
+    crop_margin: float = 0.1
+    crop_min_half: float = 0.2
+    crop_max_half: float = 0.5
+    # Comma-separated VIEWS averaged into the embedding; crop views are used only by variants with a prompt.
+    views: str = "orig"
     # Not in the paper or the code: 0 = unbounded logits, as published. B > 0 passes the saliency logits through
     # B * tanh(logits / B) before the softmax, so no cell can outweigh another by more than exp(2B) and the
     # softmax can never turn one-hot (the collapse in bench/RESULTS.md "DPP collapse").
@@ -51,6 +77,12 @@ class ModelConfig:
     @property
     def use_dpp(self) -> bool:
         return self.variant in DPP_VARIANTS
+
+    @property
+    def view_list(self) -> tuple[str, ...]:
+        """The views this variant embeds: the configured ones, without crop views when there is no prompt."""
+        views = tuple(v for v in self.views.split(",") if v)
+        return tuple(v for v in views if self.use_dpp or not v.startswith("crop"))
 
     @property
     def use_cah(self) -> bool:
@@ -95,6 +127,10 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     eval_every: int = 0             # evaluate R@1 on the test split every N epochs (0 = never)
+    # compact preset (trained on cached frozen features): share of the training classes held out (whole) to choose
+    # the epoch, and the epochs given to the prompt before the head.
+    val_fraction: float = 0.0
+    prompt_epochs: int = 0
 
 
 _PRESET_MODEL: dict[str, dict[str, Any]] = {
@@ -102,6 +138,9 @@ _PRESET_MODEL: dict[str, dict[str, Any]] = {
                   se_reduction=8, head_conv_block=False, pooling="avg", bnneck=False, classifier_bias=True),
     "official": dict(saliency_stride=16, saliency_kernel=1, saliency_relu=True, saliency_bias=True,
                      se_reduction=1, head_conv_block=True, pooling="gem", bnneck=True, classifier_bias=False),
+    "compact": dict(prompt="crop", saliency_stride=32, saliency_kernel=1, saliency_relu=False, saliency_bias=False,
+                    se_reduction=8, head_conv_block=False, pooling="gem", bnneck=True, classifier_bias=False,
+                    views="orig,flip,crop,crop-flip"),
 }
 _PRESET_TRAIN: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=500, batch_size=32, lr=1e-3, momentum=0.9, weight_decay=1e-4, schedule="step",
@@ -111,6 +150,10 @@ _PRESET_TRAIN: dict[str, dict[str, Any]] = {
     "official": dict(epochs=500, batch_size=256, lr=0.02, momentum=0.0, weight_decay=5e-4,
                      bias_weight_decay=False, schedule="cosine", warmup_iters=1000, warmup_factor=0.1,
                      min_lr=2e-5, label_smoothing=0.3, grad_clip=5.0, recipe="official"),
+    # Epochs over the cached features (seconds each on 2 cores); the best one on the held-out classes is kept.
+    "compact": dict(epochs=30, batch_size=64, lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                    warmup_iters=0, min_lr=1e-5, label_smoothing=0.1, grad_clip=0.0, recipe="paper",
+                    val_fraction=0.2, prompt_epochs=10),
 }
 
 
@@ -140,4 +183,4 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
-__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]
+__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "PROMPTS", "VIEWS", "COMPACT_DEPARTURES", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]

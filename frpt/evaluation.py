@@ -12,7 +12,25 @@ from tqdm.auto import tqdm
 from .metrics import retrieval_metrics
 from .models import FRPT
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16 on the CPU
+    and autocast is several times *slower* than fp32, so it must be detected, never assumed."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """"auto" -> bf16 on CUDA or on a CPU with native bf16, else fp32; explicit choices pass through."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cuda" or native_bf16() else "fp32"
 
 
 @dataclass
@@ -28,7 +46,7 @@ class Embeddings:
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast, or nothing. Worth it on GPUs and on CPUs with native bf16 (avx512_bf16/AMX); on a CPU
     without it bf16 is emulated and slower than fp32."""
-    if precision == "bf16":
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -5,10 +5,12 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .backbone import Backbone
+from .crop import CropPrompt
 from .head import CategoryAwarenessHead, EmbeddingHead
 from .prompt import DiscriminativePerturbationPrompt, PromptOutput
 
@@ -38,33 +40,76 @@ class FRPT(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, -1, 1, 1), persistent=False)
         c = backbone.num_features
-        self.prompt = DiscriminativePerturbationPrompt(
-            backbone.stage_channels(config.saliency_stride), config.saliency_kernel, config.saliency_relu,
-            config.saliency_bias, config.grid_size, config.grid_padding, config.gaussian_fwhm,
-            config.saliency_bound,
-        ) if config.use_dpp else None
+        self.prompt: DiscriminativePerturbationPrompt | CropPrompt | None = None
+        if config.use_dpp and config.prompt == "crop":
+            self.prompt = CropPrompt(c, config.crop_std_scale, config.crop_margin, config.crop_min_half,
+                                     config.crop_max_half)
+        elif config.use_dpp:
+            self.prompt = DiscriminativePerturbationPrompt(
+                backbone.stage_channels(config.saliency_stride), config.saliency_kernel, config.saliency_relu,
+                config.saliency_bias, config.grid_size, config.grid_padding, config.gaussian_fwhm,
+                config.saliency_bound,
+            )
         self.cah = CategoryAwarenessHead(c, config.se_reduction, config.cah_instance_norm,
                                          config.head_conv_block) if config.use_cah else None
-        self.head = EmbeddingHead(c, config.num_classes if config.trainable else 0,
-                                  config.pooling if config.trainable else "avg",
+        # PT pools the frozen map the way its preset does (GAP for paper, GeM for official and compact), so a
+        # row's gain over PT counts only what training adds.
+        self.head = EmbeddingHead(c, config.num_classes if config.trainable else 0, config.pooling,
                                   config.bnneck and config.trainable, config.classifier_bias)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.pixel_mean) / self.pixel_std
 
+    def prompt_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the prompt reads: the stage at ``saliency_stride`` (warp) or the final map M_P (crop)."""
+        if isinstance(self.prompt, CropPrompt):
+            return self.backbone(self.normalize(images))
+        return self.backbone.stage_features(self.normalize(images), self.config.saliency_stride)
+
     def run_prompt(self, images: torch.Tensor, temperature: float = 1.0) -> PromptOutput | None:
         """The DPP alone: saliency from the frozen backbone's own features, then the warp (Eqs. 1-6)."""
         if self.prompt is None:
             return None
-        features = self.backbone.stage_features(self.normalize(images), self.config.saliency_stride)
-        return self.prompt(images, features, temperature)
+        return self.prompt(images, self.prompt_features(images), temperature)
+
+    def view_maps(self, images: torch.Tensor, temperature: float = 1.0
+                  ) -> tuple[dict[str, torch.Tensor], PromptOutput | None]:
+        """Final frozen maps of each view in ``config.view_list``. With the warp prompt the single view is the
+        warped image (the paper's path); the crop prompt reuses the original's map for its saliency."""
+        views = self.config.view_list
+        if not isinstance(self.prompt, CropPrompt):
+            prompt = self.run_prompt(images, temperature)
+            source = prompt.warped if prompt is not None else images
+            maps = {"orig": self.backbone(self.normalize(source))}
+            if "flip" in views:
+                maps["flip"] = self.backbone(self.normalize(source.flip(-1)))
+            return maps, prompt
+        maps = {"orig": self.backbone(self.normalize(images))}
+        prompt = self.prompt(images, maps["orig"], temperature)
+        sources = {"flip": images.flip(-1), "crop": prompt.warped, "crop-flip": prompt.warped.flip(-1)}
+        for view in views:
+            if view not in maps:
+                maps[view] = self.backbone(self.normalize(sources[view]))
+        return {v: maps[v] for v in views}, prompt
+
+    def embed_maps(self, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(embedding, pre-head embedding, logits) from per-view final maps. One view: the head's outputs as they
+        are. Several: the mean of the L2-normalised per-view vectors, and the mean of the per-view logits."""
+        embeddings, pooled, logits = [], [], []
+        for feature_map in maps.values():
+            pooled.append(self.head.pool(feature_map))
+            refined = self.cah(feature_map) if self.cah is not None else feature_map
+            embedding, view_logits = self.head(refined)
+            embeddings.append(embedding)
+            logits.append(view_logits)
+        if len(maps) == 1:
+            return embeddings[0], pooled[0], logits[0]
+        mean = lambda xs: torch.stack([F.normalize(x.float(), dim=1) for x in xs]).mean(0)  # noqa: E731
+        return mean(embeddings), mean(pooled), (torch.stack(logits).mean(0) if logits[0] is not None else None)
 
     def forward(self, images: torch.Tensor, temperature: float = 1.0) -> FRPTOutput:
-        prompt = self.run_prompt(images, temperature)
-        feature_map = self.backbone(self.normalize(prompt.warped if prompt is not None else images))
-        pre_head = self.head.pool(feature_map)
-        refined = self.cah(feature_map) if self.cah is not None else feature_map
-        embedding, logits = self.head(refined)
+        maps, prompt = self.view_maps(images, temperature)
+        embedding, pre_head, logits = self.embed_maps(maps)
         return FRPTOutput(embedding=embedding, pre_head=pre_head, logits=logits, prompt=prompt)
 
     @torch.no_grad()

@@ -1,0 +1,261 @@
+"""Training for the ``compact`` preset: FRPT on cached frozen features, sized for a 2-core CPU.
+
+The backbone is frozen, so its feature maps of the training images never change: they are computed once per
+view (:mod:`frpt.feature_cache`) and every epoch after that costs seconds. The recipe, in order:
+
+1. Hold out the last ``val_fraction`` of the training classes as a validation split (never the test classes).
+2. Cache the final maps of the original and flipped training images.
+3. Prompt (variants with a DPP): train the crop prompt's saliency from class labels through a proxy, a
+   saliency-weighted GeM of the original map feeding a temporary cosine classifier. Keep it only if its crops
+   retrieve the validation classes better than the untrained (activation energy) saliency.
+4. Cache the crop views with the chosen prompt.
+5. Head (CAH + GeM + BNNeck + classifier; variants with CAH or BNNeck): trained on every cached view, one epoch
+   per pass over them, the epoch chosen by validation R@1 of the multi-view embedding; then retrained on all
+   training classes for that many epochs.
+
+Each stage is deterministic given the seed, and the expensive part (the cache) resumes chunk by chunk, so
+``--resume`` after a kill redoes at most a chunk of backbone passes plus the stage's seconds-long epochs.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import CARD, load_card, save_checkpoint
+from .config import TrainConfig
+from .errors import CheckpointError
+from .feature_cache import CachedSplit, cache_split
+from .losses import cross_entropy
+from .metrics import retrieval_metrics
+from .models import FRPT
+
+
+def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (fit, val): the last ``round(val_fraction * classes)`` classes (by label) are held out whole."""
+    classes = np.unique(labels)
+    val_classes = int(round(val_fraction * len(classes)))
+    if val_fraction and not 2 <= val_classes <= len(classes) - 2:
+        raise CheckpointError(f"--val-fraction {val_fraction} holds out {val_classes} of {len(classes)} training "
+                              "classes; choose a share that leaves at least 2 on each side.")
+    held = set(classes[len(classes) - val_classes:].tolist()) if val_classes else set()
+    val = np.array([i for i, y in enumerate(labels) if y in held], dtype=np.int64)
+    fit = np.array([i for i, y in enumerate(labels) if y not in held], dtype=np.int64)
+    return fit, val
+
+
+def _gem(x: torch.Tensor, weights: torch.Tensor | None = None, p: float = 3.0) -> torch.Tensor:
+    """GeM over space, optionally saliency-weighted (weights sum to 1 over space)."""
+    x = x.float().clamp(min=1e-6).pow(p)
+    pooled = (x * weights).sum(dim=(2, 3)) if weights is not None else x.mean(dim=(2, 3))
+    return pooled.pow(1.0 / p)
+
+
+@torch.no_grad()
+def embed_cached(model: FRPT, maps: dict[str, np.ndarray], index: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """The model's embedding of images ``index`` from their cached per-view maps (as :meth:`FRPT.embed_maps`)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(index), batch_size):
+            rows = index[start:start + batch_size]
+            batch = {v: torch.from_numpy(np.asarray(m[rows], dtype=np.float32)) for v, m in maps.items()}
+            out.append(model.embed_maps(batch)[0].float())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _score(embeddings: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    m = retrieval_metrics(embeddings, labels)
+    m.pop("nmi", None)
+    return m
+
+
+class _CosineClassifier(nn.Module):
+    """Scaled cosine logits: a temporary classifier for the prompt stage (discarded afterwards)."""
+
+    def __init__(self, channels: int, num_classes: int, scale: float = 16.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, channels) * 0.01)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConfig, *,
+                 progress: bool = True) -> list[float]:
+    """Train the crop prompt's saliency on cached original/flipped maps of ``fit``; returns the loss per epoch.
+
+    Proxy objective: the saliency weights a GeM of the map, and a cosine classifier must tell the training
+    classes apart from it, so the saliency learns where class evidence lies (from labels only)."""
+    prompt = model.prompt
+    classes, targets = np.unique(cached.labels[fit], return_inverse=True)
+    probe = _CosineClassifier(model.backbone.num_features, len(classes))
+    optimizer = torch.optim.Adam([{"params": prompt.parameters(), "lr": cfg.lr * cfg.prompt_lr_scale},
+                                  {"params": probe.parameters(), "lr": cfg.lr}])
+    views = [v for v in ("orig", "flip") if v in cached.maps]
+    samples = [(v, i) for v in views for i in range(len(fit))]
+    losses = []
+    for epoch in range(cfg.prompt_epochs):
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        total = 0.0
+        for start in tqdm(range(0, len(samples), cfg.batch_size), desc=f"prompt {epoch + 1}/{cfg.prompt_epochs}",
+                          disable=not progress, leave=False):
+            picks = [samples[k] for k in order[start:start + cfg.batch_size].tolist()]
+            maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
+            y = torch.as_tensor(targets[[i for _, i in picks]])
+            loss = F.cross_entropy(probe(_gem(maps, prompt.saliency(maps))), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(picks)
+        losses.append(total / len(samples))
+    return losses
+
+
+def train_head(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConfig, epochs: int, *,
+               val: np.ndarray | None = None, progress: bool = True) -> list[dict[str, float]]:
+    """Train CAH + embedding head on every cached view of ``fit`` for ``epochs`` epochs (cosine schedule over
+    ``cfg.epochs``). Returns one record per epoch; with ``val``, each holds the validation metrics of the
+    multi-view embedding and the head state of the best epoch is left in the model."""
+    from .training import build_optimizer, lr_at
+
+    classes, targets = np.unique(cached.labels[fit], return_inverse=True)
+    optimizer = build_optimizer(model, cfg)
+    views = list(cached.maps)
+    samples = [(v, i) for v in views for i in range(len(fit))]
+    steps = len(samples) // cfg.batch_size
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    if val is not None:
+        score = _score(embed_cached(model, cached.maps, val), cached.labels[val])
+        history.append({"epoch": 0, **score})
+        best = (score["recall@1"], 0, copy.deepcopy(model.state_dict()))
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        total = 0.0
+        for step in tqdm(range(steps), desc=f"head {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            lr = lr_at(cfg, epoch, epoch * steps + step, steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            picks = [samples[k] for k in order[step * cfg.batch_size:(step + 1) * cfg.batch_size].tolist()]
+            maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
+            y = torch.as_tensor(targets[[i for _, i in picks]])
+            refined = model.cah(maps) if model.cah is not None else maps
+            _, logits = model.head(refined)
+            loss = cross_entropy(logits[:, :len(classes)], y, cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(picks)
+        record = {"epoch": epoch + 1, "train_loss": total / max(1, steps * cfg.batch_size), "lr": lr,
+                  "seconds": time.perf_counter() - started}
+        if val is not None:
+            score = _score(embed_cached(model, cached.maps, val), cached.labels[val])
+            record.update(score)
+            if score["recall@1"] > best[0]:
+                best = (score["recall@1"], epoch + 1, copy.deepcopy(model.state_dict()))
+        history.append(record)
+    if best is not None:
+        model.load_state_dict(best[2])
+    return history
+
+
+def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
+                  dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
+                  feature_cache: str | Path | None = None, batch_size: int = 32, workers: int = 0,
+                  precision: str = "fp32", progress: bool = True) -> dict[str, Any]:
+    """Run the compact recipe (module docstring) and write one checkpoint into ``out_dir``; returns the card."""
+    out_dir = Path(out_dir)
+    if (out_dir / CARD).is_file():
+        if not resume:
+            raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out.")
+        card = load_card(out_dir)
+        if card["model"] != asdict(model.config) or card.get("train") != asdict(cfg):
+            raise CheckpointError(f"{out_dir} holds a run with another model or training config; "
+                                  "resume with the same options, or choose a new --out folder.")
+        return card  # the compact recipe writes its checkpoint once, at the end: a card means it is done
+    cache_root = Path(feature_cache) if feature_cache is not None else out_dir / "features"
+    started = time.perf_counter()
+    model.eval()
+    kw = dict(batch_size=batch_size, workers=workers, precision=precision, progress=progress)
+    base_views = tuple(v for v in model.config.view_list if not v.startswith("crop"))
+    train_maps = cache_split(model, train_set, tuple(dict.fromkeys(("orig", "flip", *base_views))), cache_root,
+                             "train", **kw)
+    fit, val = validation_split(train_maps.labels, cfg.val_fraction)
+    report: dict[str, Any] = {"val_classes": len(np.unique(train_maps.labels[val])), "fit_images": len(fit),
+                              "val_images": len(val)}
+    if model.prompt is not None and cfg.prompt_epochs > 0:
+        report.update(_choose_prompt(model, train_set, train_maps, fit, val, cfg, cache_root, kw))
+    views = model.config.view_list
+    train_maps = cache_split(model, train_set, views, cache_root, "train", **kw)
+    head_trainable = any(p.requires_grad for n, p in model.named_parameters() if not n.startswith(("backbone.", "prompt.")))
+    if head_trainable and cfg.epochs > 0:
+        chosen = train_head(model, train_maps, fit, cfg, cfg.epochs, val=val if len(val) else None, progress=progress)
+        best = max(chosen, key=lambda r: (r.get("recall@1", 0.0), -r["epoch"])) if len(val) else chosen[-1]
+        report["head_validation"] = chosen
+        report["head_epochs"] = best["epoch"]
+        if len(val):  # retrain on every training class for the chosen number of epochs
+            _reset_head(model, cfg.seed)
+            all_images = np.arange(len(train_maps.labels))
+            report["head_final"] = train_head(model, train_maps, all_images, cfg, best["epoch"], progress=progress)
+    report["train_seconds"] = round(time.perf_counter() - started, 1)
+    metrics: dict[str, Any] = {}
+    if test_set is not None:
+        test_maps = cache_split(model, test_set, views, cache_root, "test", **kw)
+        metrics = retrieval_metrics(embed_cached(model, test_maps.maps, np.arange(len(test_maps.labels))),
+                                    test_maps.labels)
+    save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
+                    epoch=report.get("head_epochs", 0), metrics=metrics, extra={"compact": report})
+    return load_card(out_dir)
+
+
+def _reset_head(model: FRPT, seed: int) -> None:
+    """Re-initialise CAH and the embedding head exactly as at build time (same seed, same order)."""
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config, model.backbone)
+    for name in ("cah", "head"):
+        if getattr(model, name) is not None:
+            getattr(model, name).load_state_dict(getattr(fresh, name).state_dict())
+
+
+def _choose_prompt(model: FRPT, train_set: Dataset, train_maps: CachedSplit, fit: np.ndarray, val: np.ndarray,
+                   cfg: TrainConfig, cache_root: Path, kw: dict[str, Any]) -> dict[str, Any]:
+    """Train the prompt, then keep whichever saliency (untrained or trained) gives the better validation R@1
+    of the frozen multi-view GeM embedding through its crops."""
+    from torch.utils.data import Subset
+
+    val_set = Subset(train_set, val.tolist())
+    if hasattr(train_set, "samples"):
+        val_set.samples = [train_set.samples[i] for i in val]  # type: ignore[attr-defined]
+    views = model.config.view_list
+
+    def crop_score() -> float:
+        crop_views = tuple(v for v in views if v.startswith("crop"))
+        maps = {v: train_maps.maps[v][val] for v in views if v in train_maps.maps}
+        maps.update(cache_split(model, val_set, crop_views, cache_root, "val", **kw).maps)
+        emb = sum(F.normalize(_gem(torch.from_numpy(np.asarray(m, dtype=np.float32))), dim=1) for m in maps.values())
+        return _score(emb, train_maps.labels[val])["recall@1"]
+
+    untrained = copy.deepcopy(model.prompt.state_dict())
+    scores = {"untrained": crop_score() if len(val) else 0.0}
+    losses = train_prompt(model, train_maps, fit, cfg, progress=kw["progress"])
+    scores["trained"] = crop_score() if len(val) else 0.0
+    keep = "trained" if scores["trained"] > scores["untrained"] else "untrained"
+    if keep == "untrained":
+        model.prompt.load_state_dict(untrained)
+    return {"prompt_losses": losses, "prompt_validation_recall@1": scores, "prompt_kept": keep}

@@ -1,0 +1,75 @@
+"""The compact preset's prompt: a rigid, object-tight zoom predicted from the frozen backbone's own saliency.
+
+The paper's DPP (:mod:`.prompt`) resamples the image inhomogeneously, which bends the object; a frozen backbone
+pays for that (../shared/research/cpu-recipe-notes.md: a saliency that knows where the bird is gains +0.7 R@1
+through the warp and +2.6 through a rigid crop). This prompt keeps the DPP's two steps, content parsing and
+sampling, and changes the sampler: the saliency's first and second moments give a box (mean +- k std per axis,
+plus a margin, each half-width clamped), and ``F.affine_grid`` + ``F.grid_sample`` zoom into it. Every step is
+differentiable in the saliency, so the prompt can be trained end to end from class labels like the DPP.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .prompt import PromptOutput
+
+
+class CropPrompt(nn.Module):
+    """Saliency ``A = relu(w . M) / sum`` over the frozen final map M, then a rigid zoom on A's box.
+
+    ``w`` starts at 1 / C, so an untrained prompt crops on the channel-summed activation energy of the frozen
+    backbone (SCDA's localisation cue, Wei et al. 2017); training reweights the channels. Box rule (per axis, in
+    image fractions): centre = mean of A, half-width = clamp(std_scale * std * (1 + margin), min_half, max_half),
+    centre clamped so the box stays inside the image. ``max_half`` = 0.5 is the whole image.
+    """
+
+    def __init__(self, in_channels: int, std_scale: float = 2.0, margin: float = 0.1, min_half: float = 0.2,
+                 max_half: float = 0.5):
+        super().__init__()
+        if not 0 < min_half <= max_half <= 0.5:
+            raise ValueError("crop half-widths need 0 < min_half <= max_half <= 0.5")
+        self.std_scale, self.margin, self.min_half, self.max_half = std_scale, margin, min_half, max_half
+        self.conv = nn.Conv2d(in_channels, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / in_channels)
+
+    def saliency(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """A, (N, 1, h, w), sums to 1. ``temperature`` < 1 sharpens it (A^(1/T)), which tightens the box."""
+        energy = F.relu(self.conv(features.float())) + 1e-6
+        if temperature != 1.0:
+            energy = energy ** (1.0 / temperature)
+        return energy / energy.sum(dim=(2, 3), keepdim=True)
+
+    def box(self, saliency: torch.Tensor) -> torch.Tensor:
+        """(N, 4): centre x, centre y, half-width, half-height, in fractions of the image side."""
+        p = saliency[:, 0]
+        h, w = p.shape[-2:]
+        xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w
+        ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
+        px, py = p.sum(1), p.sum(2)
+        mx, my = (px * xs).sum(1), (py * ys).sum(1)
+        sx = (px * (xs - mx[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
+        sy = (py * (ys - my[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
+        half_x = (self.std_scale * sx * (1 + self.margin)).clamp(self.min_half, self.max_half)
+        half_y = (self.std_scale * sy * (1 + self.margin)).clamp(self.min_half, self.max_half)
+        # torch.clamp with tensor bounds keeps the gradient to the centre while the box is inside the image.
+        cx = torch.minimum(torch.maximum(mx, half_x), 1 - half_x)
+        cy = torch.minimum(torch.maximum(my, half_y), 1 - half_y)
+        return torch.stack([cx, cy, half_x, half_y], dim=1)
+
+    @staticmethod
+    def grid(box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Sampling grid (N, H, W, 2) in [-1, 1] that maps the output onto ``box`` (``align_corners=False``)."""
+        cx, cy, half_x, half_y = box.unbind(1)
+        theta = torch.zeros(box.shape[0], 2, 3, device=box.device, dtype=box.dtype)
+        theta[:, 0, 0], theta[:, 0, 2] = 2 * half_x, 2 * cx - 1
+        theta[:, 1, 1], theta[:, 1, 2] = 2 * half_y, 2 * cy - 1
+        return F.affine_grid(theta, [box.shape[0], 1, *size], align_corners=False)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> PromptOutput:
+        saliency = self.saliency(features, temperature)
+        grid = self.grid(self.box(saliency), image.shape[-2:])
+        warped = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border",
+                               align_corners=False)
+        return PromptOutput(warped=warped, saliency=saliency, grid=grid)

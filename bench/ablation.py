@@ -15,6 +15,9 @@ Profiles:
           every 4 epochs; paper lr 1e-2. For a few rows at a time (20-40 min each on 2 cores).
   full    paper settings: 224 px, each preset's epochs/batch/lr (500 epochs), test R@1 every 10 epochs.
           For a GPU or an overnight run.
+  compact the compact preset (ours, frpt/compact.py) at 224 px with its own settings: every row trains on one
+          shared feature cache (runs/ablation/compact/features), so only the first rows pay for the backbone
+          passes; each record keeps the seconds that went into caching (train_cache_seconds).
 Every profile evaluates on the full 5,924-image test split; a row's metrics are those of the evaluation
 ``frpt train`` runs after its last epoch (``--separate-eval`` adds an ``frpt evaluate --checkpoint`` pass).
 
@@ -44,9 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from frpt.config import DPP_VARIANTS  # noqa: E402 - plain dataclasses, no torch
-DEFAULT_ROOT = "/work/shared/data/CUB_200_2011"
+DEFAULT_ROOT = "../shared/data/CUB_200_2011"  # relative to the repository, like every recorded command
 VARIANTS = ("pt", "frpt", "finetune", "dpp+pt", "pt+cah", "no-in")
-PRESETS = ("paper", "official")
+PRESETS = ("paper", "official", "compact")
 # Paper Table 1 (ResNet-50, CUB R@1 %).
 PAPER_R1 = {"pt": 44.9, "finetune": 69.5, "dpp+pt": 55.7, "pt+cah": 61.8, "no-in": 72.2, "frpt": 74.3}
 PAPER_PARAMS = {"pt": "0 M", "finetune": "23.53 M", "dpp+pt": "0.25 M", "pt+cah": "2.62 M", "no-in": "2.86 M",
@@ -65,7 +68,11 @@ PROFILES: dict[str, dict] = {
                "lr": {"paper": 1e-2, "official": None}},
     "full": {"input_size": 224, "epochs": None, "limit_batches": None, "batch_size": None, "eval_every": 10,
              "lr": {"paper": None, "official": None}},
+    "compact": {"input_size": 224},
 }
+# Compact rows in the order that fills the shared cache best (pt: original + flip maps; dpp+pt: the prompt and
+# its crops), then the rest; finetune trains the whole backbone on images and cannot use the cache.
+COMPACT_ORDER = ("pt", "dpp+pt", "frpt", "pt+cah", "no-in", "finetune")
 
 
 def git_commit() -> str:
@@ -200,7 +207,40 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
         * card["train"]["batch_size"] * int(card["epoch"])
     rec["lr"] = card["train"]["lr"]
     rec["train_cpu_seconds"] = got.get("train_cpu_seconds")
-    rec["checkpoint"] = str(ckpt.relative_to(REPO) if ckpt.resolve().is_relative_to(REPO) else ckpt)
+    rec["checkpoint"] = str(ckpt)
+    return rec
+
+
+def compact_row(args: argparse.Namespace, variant: str) -> dict:
+    """One row of the compact preset: ``frpt train --preset compact`` (its final evaluation is on the test split,
+    from the same cache) with a feature cache shared by all rows."""
+    folder = Path(args.out) / "compact" / variant
+    ckpt = folder / "checkpoint"
+    cmd = frpt_cmd("train", "--preset", "compact", "--variant", variant, "--backbone", args.backbone,
+                   *data_args(args.root, 224, args.threads), "--out", str(ckpt), "--seed", str(args.seed),
+                   "--feature-cache", str(Path(args.out) / "compact" / "features"))
+    if variant == "finetune":  # the same wall-clock budget as the FRPT row (bench/RESULTS.md says how it was set)
+        cmd += ["--epochs", str(args.finetune_epochs), "--lr", "0.01", "--batch-size", "32", "--optimizer", "sgd"]
+    got = cached(folder / "train.json", show(cmd))
+    if got is None:
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        out, seconds = run_json(cmd, folder / "train.log")
+        got = {"command": show(cmd), "result": out, "train_seconds": round(seconds, 1),
+               "train_cpu_seconds": CPU_SECONDS[show(cmd)]}
+        (folder / "train.json").write_text(json.dumps(got, indent=1))
+    card = json.loads((ckpt / "card.json").read_text())
+    report = card.get("compact", {})
+    rec = record(args, "compact", variant, card["metrics"], 224, epochs=int(card["epoch"]),
+                 train_seconds=got["train_seconds"], learned=learned_params("compact", variant, args.backbone),
+                 command=got["command"], eval_command="(final evaluation inside the train command)",
+                 eval_seconds=None)
+    rec["profile"] = "compact"
+    rec["train_cpu_seconds"] = got.get("train_cpu_seconds")
+    rec["checkpoint"] = str(ckpt)
+    for key in ("train_cache_seconds", "prompt_kept", "prompt_validation_recall@1", "head_epochs", "val_classes"):
+        if key in report:
+            rec[key] = report[key]
     return rec
 
 
@@ -281,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--separate-eval", action="store_true",
                    help="evaluate each trained checkpoint again with frpt evaluate --checkpoint (one more test-set "
                         "pass per row) instead of taking the metrics of frpt train's own final evaluation")
+    p.add_argument("--finetune-epochs", type=int, default=2,
+                   help="compact profile: epochs of the fine-tuning row (set to match the FRPT row's wall clock)")
     p.add_argument("--results", default=str(REPO / "bench" / "results.json"))
     p.add_argument("--render", action="store_true", help="print the markdown table from --results and exit")
     args = p.parse_args(argv)
@@ -290,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile not in PROFILES:
         p.error("--profile cached only renders; its rows come from bench/cached_head.py")
-    args.out = str(Path(args.out).resolve())
+    if args.profile == "compact":
+        for variant in [v for v in COMPACT_ORDER if v in args.variants]:
+            row = compact_row(args, variant)
+            merge(Path(args.results), [row])
+            print(json.dumps({k: row[k] for k in ("preset", "variant", "recall@1", "map@r")}), flush=True)
+        return 0
+    os.chdir(REPO)  # recorded commands name paths relative to the repository, never one machine's absolute folder
     prof = dict(PROFILES[args.profile])
     if args.input_size:
         prof["input_size"] = args.input_size

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper", choices=("paper", "official"))
     p.add_argument("--variant", default="pt+cah", choices=("pt+cah",))
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--root", default="/work/shared/data/CUB_200_2011")
+    p.add_argument("--root", default="../shared/data/CUB_200_2011")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float)

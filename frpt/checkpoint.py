@@ -340,8 +340,13 @@ def export_checkpoint(src: str | os.PathLike, dest: str | os.PathLike,
     scratch = dest.with_name(f".{dest.name}.export-tmp")
     if scratch.exists():  # left by an export that was killed
         shutil.rmtree(scratch)
+    # Records a trainer added to the card (e.g. the compact recipe's report) travel with it.
+    written = {"format", "format_version", "library_version", "preset", "variant", "model", "train", "backbone",
+               "dataset", "classes", "input_size", "mean", "std", "epoch", "metrics", "files", "created",
+               "sealed_sha256", "path", "exported_from"}
+    extra = {k: v for k, v in card.items() if k not in written}
     save_checkpoint(scratch, model, classes=card["classes"], dataset=card.get("dataset") or {}, train=train,
-                    epoch=card["epoch"], metrics=card.get("metrics"), extra={"exported_from": card["path"]})
+                    epoch=card["epoch"], metrics=card.get("metrics"), extra={**extra, "exported_from": card["path"]})
     log = Path(card["path"]) / "log.csv"
     if log.is_file():
         (scratch / "log.csv").write_bytes(log.read_bytes())

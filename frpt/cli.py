@@ -87,11 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset, variant = _resolve_preset(args)
     tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                         workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale,
-                        val_fraction=args.val_fraction, prompt_epochs=args.prompt_epochs)
+                        val_fraction=args.val_fraction, prompt_epochs=args.prompt_epochs, optimizer=args.optimizer)
     from .models.backbone import default_input_size
 
     size = args.input_size or default_input_size(args.backbone)
-    compact = preset == "compact"  # trains on cached features of the deterministic views, not augmented images
+    # The compact preset trains on cached features of its deterministic views, not on augmented images; its
+    # fine-tuning row cannot (the backbone changes) and takes the ordinary loop.
+    compact = preset == "compact" and variant != "finetune"
     train_set = _dataset(args, "train", size, train=not compact, recipe=tcfg.recipe)
     test_set = _dataset(args, "test", size)
     torch.manual_seed(tcfg.seed)  # initial weights of the learned parts
@@ -217,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: the preset's (sgd; adamw for compact)")
     p.add_argument("--prompt-lr-scale", type=float, help="learning-rate multiplier for the DPP (default 1.0)")
     p.add_argument("--saliency-bound", type=float,
                    help="squash the DPP's saliency logits to (-B, B) so its softmax cannot turn one-hot "

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import FRPT
+from .models.crop import CropPrompt
 
 _LOCK = threading.RLock()
 Target = int | torch.Tensor | None
@@ -46,13 +47,21 @@ def score_function(model: FRPT, target: Target = None, *, warped_input: bool = F
     """``f(images) -> (N,)``: the scalar the attributions explain (see module doc for ``target``).
 
     ``warped_input=True`` skips the DPP: the input is taken as the image the backbone sees (used to explain
-    the warped image in its own coordinates).
+    the warped image in its own coordinates). A model that averages several views (the compact preset) is
+    explained through its prompt's view alone: the crop, read from the original pixels through ``grid_sample``
+    with the crop box held fixed, so the last stage runs once per call and its Grad-CAM has one set of
+    coordinates.
     """
     if isinstance(target, torch.Tensor):
         ref = F.normalize(target.detach().float().reshape(1, -1).clone(), dim=1)
 
     def f(x: torch.Tensor) -> torch.Tensor:
-        if warped_input or model.prompt is None:
+        if not warped_input and isinstance(model.prompt, CropPrompt):
+            with torch.no_grad():
+                grid = model.run_prompt(x.detach()).grid
+            crop = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+            embedding, logits = _head(model, model.backbone(model.normalize(crop)))
+        elif warped_input or model.prompt is None:
             embedding, logits = _head(model, model.backbone(model.normalize(x)))
         else:
             out = model(x)

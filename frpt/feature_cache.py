@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class CachedSplit:
 
     maps: dict[str, np.ndarray]
     labels: np.ndarray
+    seconds: float = 0.0  # spent computing missing maps in this call (0 when all were cached)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -100,6 +102,7 @@ def cache_split(model: FRPT, dataset: Dataset, views: tuple[str, ...], root: str
     starts = list(range(0, n, CHUNK))
     missing = [s for s in starts if not all((folders[v] / f"chunk-{s:06d}.npy").is_file() for v in views)]
     labels_file = root / split / "labels.npy"
+    started = time.perf_counter()
     if missing:
         was_training = model.training
         model.eval().to(memory_format=torch.channels_last)
@@ -130,4 +133,4 @@ def cache_split(model: FRPT, dataset: Dataset, views: tuple[str, ...], root: str
         _save_npy(labels_file, labels)
     maps = {v: np.concatenate([np.load(folders[v] / f"chunk-{s:06d}.npy", mmap_mode="r") for s in starts])
             for v in views}
-    return CachedSplit(maps=maps, labels=np.load(labels_file))
+    return CachedSplit(maps=maps, labels=np.load(labels_file), seconds=time.perf_counter() - started if missing else 0.0)

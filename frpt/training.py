@@ -49,9 +49,10 @@ def lr_at(cfg: TrainConfig, epoch: int, iteration: int, iters_per_epoch: int) ->
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def build_optimizer(model: FRPT, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD over the learned parameters; groups carry ``lr_scale`` (the DPP's ``prompt_lr_scale``) and their
-    weight decay (none on biases when ``bias_weight_decay`` is off, as in the released code)."""
+def build_optimizer(model: FRPT, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (or AdamW, ``cfg.optimizer``) over the learned parameters; groups carry ``lr_scale`` (the DPP's
+    ``prompt_lr_scale``) and their weight decay (none on biases when ``bias_weight_decay`` is off, as in the
+    released code)."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -59,8 +60,13 @@ def build_optimizer(model: FRPT, cfg: TrainConfig) -> torch.optim.SGD:
         decay = 0.0 if (not cfg.bias_weight_decay and name.endswith("bias")) else cfg.weight_decay
         scale = cfg.prompt_lr_scale if name.startswith("prompt.") else 1.0
         groups.setdefault((scale, decay), []).append(p)
-    return torch.optim.SGD([{"params": ps, "lr_scale": scale, "weight_decay": decay, "lr": cfg.lr * scale}
-                            for (scale, decay), ps in groups.items()], lr=cfg.lr, momentum=cfg.momentum)
+    param_groups = [{"params": ps, "lr_scale": scale, "weight_decay": decay, "lr": cfg.lr * scale}
+                    for (scale, decay), ps in groups.items()]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=cfg.lr)
+    if cfg.optimizer != "sgd":
+        raise CheckpointError(f"Unknown optimizer {cfg.optimizer!r}; use sgd or adamw.")
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def _optimizer_tensors(model: FRPT, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

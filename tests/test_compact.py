@@ -111,7 +111,7 @@ def test_compact_training_writes_a_checkpoint_whose_live_embedding_matches_its_c
     cfg = train_config("compact", epochs=3, prompt_epochs=2, val_fraction=0.4)
     card = train_compact(model, train_set, cfg, tmp_path / "run", classes=list(train_set.classes),
                          dataset_info={"name": "synthetic", "root": None}, test_set=test_set, progress=False)
-    report = card["extra"]["compact"] if "extra" in card else card["compact"]
+    report = card["compact"]
     assert report["val_classes"] == 2 and report["prompt_kept"] in ("trained", "untrained")
     assert [r["epoch"] for r in report["head_validation"]] == [0, 1, 2, 3]
     assert 0 <= report["head_epochs"] <= 3

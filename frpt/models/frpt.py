@@ -50,8 +50,8 @@ class FRPT(nn.Module):
                 config.saliency_bias, config.grid_size, config.grid_padding, config.gaussian_fwhm,
                 config.saliency_bound,
             )
-        self.cah = CategoryAwarenessHead(c, config.se_reduction, config.cah_instance_norm,
-                                         config.head_conv_block) if config.use_cah else None
+        self.cah = CategoryAwarenessHead(c, config.se_reduction, config.cah_instance_norm, config.head_conv_block,
+                                         config.cah_identity_init) if config.use_cah else None
         # PT pools the frozen map the way its preset does (GAP for paper, GeM for official and compact), so a
         # row's gain over PT counts only what training adds.
         self.head = EmbeddingHead(c, config.num_classes if config.trainable else 0, config.pooling,
@@ -75,8 +75,12 @@ class FRPT(nn.Module):
     def view_maps(self, images: torch.Tensor, temperature: float = 1.0
                   ) -> tuple[dict[str, torch.Tensor], PromptOutput | None]:
         """Final frozen maps of each view in ``config.view_list``. With the warp prompt the single view is the
-        warped image (the paper's path); the crop prompt reuses the original's map for its saliency."""
+        warped image (the paper's path); the crop prompt reuses the original's map for its saliency. The views
+        are an inference-time ensemble: in training mode only the image the prompt produces is embedded (random
+        flips come from the training transform)."""
         views = self.config.view_list
+        if self.training:
+            views = ("crop",) if isinstance(self.prompt, CropPrompt) else ("orig",)
         if not isinstance(self.prompt, CropPrompt):
             prompt = self.run_prompt(images, temperature)
             source = prompt.warped if prompt is not None else images

@@ -10,17 +10,25 @@ class CategoryAwarenessHead(nn.Module):
 
     Channels the gate rates as category-relevant pass unchanged; the rest are instance-normalised, which removes
     species-level appearance. The gate is trained only through the classification loss. ``instance_norm=False``
-    is Table 1's "without IN" row (M_R = W_C * M). ``conv_block=True`` adds the released code's extra
+    is Table 1's "without IN" row (M_R = W_C * M). ``identity_init=True`` (compact preset) starts the gate open.
+    ``conv_block=True`` adds the released code's extra
     1x1 (C -> C/2) + BN + ReLU, 3x3 (C/2 -> C) + BN + ReLU block, which the paper does not mention.
     """
 
-    def __init__(self, channels: int, reduction: int = 8, instance_norm: bool = True, conv_block: bool = False):
+    def __init__(self, channels: int, reduction: int = 8, instance_norm: bool = True, conv_block: bool = False,
+                 identity_init: bool = False):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.gate = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False), nn.Sigmoid(),
+            nn.Conv2d(hidden, channels, 1, bias=identity_init), nn.Sigmoid(),
         )
+        if identity_init:
+            # Ours (compact preset): the gate starts open, W_C = sigmoid(4) = 0.98 for every channel, so M_R ~ M and
+            # the untrained head is the frozen baseline; with the default init W_C ~ 0.5 mixes half of IN(M) into
+            # every channel and the untrained head starts 3 R@1 below PT on CUB (bench/RESULTS.md).
+            nn.init.zeros_(self.gate[2].weight)
+            nn.init.constant_(self.gate[2].bias, 4.0)
         self.instance_norm = nn.InstanceNorm2d(channels, affine=False, track_running_stats=False) if instance_norm else None
         self.conv_block = nn.Sequential(
             nn.Conv2d(channels, channels // 2, 1, bias=False), nn.BatchNorm2d(channels // 2), nn.ReLU(inplace=True),

@@ -154,11 +154,17 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         "input size": card.get("input_size"), "epochs": card.get("epoch"),
         "trained on": (card.get("dataset") or {}).get("name"), "classes": len(card.get("classes") or []),
     }
-    if card.get("variant") in DPP_VARIANTS:  # the DPP stabilisers, so a bounded run is told apart
-        model, train = card.get("model") or {}, card.get("train") or {}
+    model, train = card.get("model") or {}, card.get("train") or {}
+    if card.get("variant") in DPP_VARIANTS and model.get("prompt") == "crop":
+        out["prompt"] = (f"rigid crop: mean +- {model.get('crop_std_scale'):g} std of the saliency, "
+                         f"half-width {model.get('crop_min_half'):g}-{model.get('crop_max_half'):g}")
+        out["prompt kept"] = (card.get("compact") or {}).get("prompt_kept", "-")
+    elif card.get("variant") in DPP_VARIANTS:  # the DPP stabilisers, so a bounded run is told apart
         out["DPP lr scale"] = f"{train.get('prompt_lr_scale', 1.0):g}"
         bound = model.get("saliency_bound", 0.0)
         out["saliency bound"] = f"{bound:g}" if bound else "none (as published)"
+    if model.get("views", "orig") != "orig":
+        out["views"] = model["views"].replace(",", " + ")
     if report:
         out["learned parameters"] = f"{report['total']['learned']:,}"
         out["frozen parameters"] = f"{report['total']['frozen']:,}"

@@ -100,29 +100,31 @@ def cache_split(model: FRPT, dataset: Dataset, views: tuple[str, ...], root: str
     folders = {v: _view_folder(root, split, v, cache_key(model, dataset, v)) for v in views}
     n = len(dataset)
     starts = list(range(0, n, CHUNK))
-    missing = [s for s in starts if not all((folders[v] / f"chunk-{s:06d}.npy").is_file() for v in views)]
+    todo = {s: tuple(v for v in views if not (folders[v] / f"chunk-{s:06d}.npy").is_file()) for s in starts}
+    missing = [s for s in starts if todo[s]]
     labels_file = root / split / "labels.npy"
     started = time.perf_counter()
     if missing:
         was_training = model.training
         model.eval().to(memory_format=torch.channels_last)
         saved = model.config
-        model.config = replace(saved, views=",".join(views))
         device = model.pixel_mean.device
         try:
             bar = tqdm(total=sum(min(CHUNK, n - s) for s in missing), desc=f"caching {split} {'+'.join(views)}",
                        disable=not progress, unit="img")
             for start in missing:
                 chunk = Subset(dataset, range(start, min(n, start + CHUNK)))
-                outputs: dict[str, list[np.ndarray]] = {v: [] for v in views}
+                wanted = todo[start]  # only the views this chunk lacks (the original is still run for a crop)
+                model.config = replace(saved, views=",".join(wanted))
+                outputs: dict[str, list[np.ndarray]] = {v: [] for v in wanted}
                 for images, _, _ in DataLoader(chunk, batch_size=batch_size, num_workers=workers):
                     images = images.to(device).contiguous(memory_format=torch.channels_last)
                     with autocast(device, precision):
                         maps, _ = model.view_maps(images)
-                    for v in views:
+                    for v in wanted:
                         outputs[v].append(maps[v].float().cpu().numpy().astype(np.float16))
                     bar.update(len(images))
-                for v in views:
+                for v in wanted:
                     _save_npy(folders[v] / f"chunk-{start:06d}.npy", np.concatenate(outputs[v]))
             bar.close()
         finally:

@@ -84,7 +84,7 @@ def test_checkpoint_card_summary_tells_a_bounded_dpp_from_the_published_one():
     from frpt.ui.logic import card_summary
 
     bounded = card_summary(load_card(bundled_cub_checkpoints()["cub/paper-frpt"]))
-    published = card_summary(load_card(demo_checkpoint_dir("no-cah")))
+    published = card_summary(load_card(demo_checkpoint_dir("frpt")))
     assert bounded["saliency bound"] == "2" and bounded["DPP lr scale"] == "0.0002"
     assert published["saliency bound"] == "none (as published)"
     assert "saliency bound" not in card_summary(load_card(demo_checkpoint_dir("pt")))

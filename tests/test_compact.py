@@ -148,3 +148,4 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively():
     assert native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16() else "fp32")
     assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+

@@ -6,6 +6,7 @@ plain session key (``frpt.*``) by the widget's ``on_change`` callback and fed ba
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,16 @@ def _checkpoint_picker() -> str | None:
     return st.session_state.get("frpt.uploaded")
 
 
+def default_root(name: str, card: dict[str, Any]) -> str:
+    """The folder a dataset field starts with: ``FRPT_<NAME>_ROOT`` (e.g. FRPT_CUB_ROOT) when set, else the folder
+    the checkpoint was trained on, only when it exists here (a card from another machine names a folder there)."""
+    env = os.environ.get(f"FRPT_{name.upper()}_ROOT", "").strip()
+    if env:
+        return env
+    stored = (card.get("dataset") or {}).get("root") if (card.get("dataset") or {}).get("name") == name else None
+    return stored if isinstance(stored, str) and os.path.isdir(stored) else ""
+
+
 def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
     trained = (card.get("dataset") or {}).get("name")
     name = persistent("dataset", trained if trained in DATASET_NAMES else "synthetic")
@@ -128,8 +139,7 @@ def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
     st.selectbox("Dataset (test split)", DATASET_NAMES, **widget_args("dataset"))
     root = None
     if name in NEEDS_ROOT:
-        default = (card.get("dataset") or {}).get("root") if trained == name else ""
-        root = persistent(f"root.{name}", default or "").strip() or None
+        root = persistent(f"root.{name}", default_root(name, card)).strip() or None
         st.text_input("Dataset folder", placeholder="/data/CUB_200_2011", **widget_args(f"root.{name}"))
     return name, root
 

@@ -1,11 +1,14 @@
-"""Where the compact preset's crop prompt looks on CUB: focus on the ground-truth box against the identity view.
+"""Probes of a compact-preset checkpoint on CUB: what each view adds, and where the crop prompt looks.
 
-For every test image: the crop box predicted from the cached original map (no backbone pass: the feature cache of
+Views: the checkpoint's embedding recomputed from the test feature cache with subsets of its views (the crop
+views removed = the identity-view probe: same head, no prompt), and the frozen maps pooled with GAP and GeM.
+
+Focus, for every test image: the crop box predicted from the cached original map (no backbone pass: the feature cache of
 the ablation holds it), then (a) the focus score, the share of the crop view's samples read from inside the bird's
 box (the identity view scores the box's area share), (b) the IoU of the crop box with the box, (c) the zoom
 (image area / crop area). Boxes are used only here, to score; no row is trained with them.
 
-    python bench/crop_focus.py --checkpoint runs/ablation/compact/frpt/checkpoint \\
+    python bench/compact_probe.py --checkpoint runs/ablation/compact/frpt/checkpoint \\
         --feature-cache runs/ablation/compact/features
 """
 from __future__ import annotations
@@ -25,7 +28,33 @@ sys.path.insert(0, str(REPO))
 from frpt.checkpoint import load_checkpoint  # noqa: E402
 from frpt.data import build_dataset, build_transform  # noqa: E402
 from frpt.data.transforms import transform_box  # noqa: E402
+from frpt.compact import embed_cached  # noqa: E402
 from frpt.feature_cache import cache_split  # noqa: E402
+from frpt.metrics import map_at_r, recall_at_k  # noqa: E402
+
+VIEW_SETS = (("orig",), ("orig", "flip"), ("crop",), ("crop", "crop-flip"), ("orig", "flip", "crop"),
+             ("orig", "flip", "crop", "crop-flip"))
+
+
+def view_probe(model, test, cache: str) -> list[dict]:
+    """R@1/MAP@R of the checkpoint's head on each subset of its views, and of the frozen maps pooled by GAP/GeM."""
+    views = model.config.view_list
+    cached = cache_split(model, test, views, cache, "test", progress=False)
+    index = np.arange(len(cached.labels))
+    rows = []
+
+    def score(name: str, emb) -> None:
+        r = recall_at_k(emb, cached.labels)
+        rows.append({"embedding": name, "recall@1": r["recall@1"], "map@r": map_at_r(emb, cached.labels)})
+
+    orig = torch.from_numpy(np.asarray(cached.maps["orig"], dtype=np.float32))
+    score("frozen orig, GAP", orig.mean(dim=(2, 3)))
+    score("frozen orig, GeM", orig.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3))
+    del orig
+    for subset in VIEW_SETS:  # the embedding averages whatever views it is given (FRPT.embed_maps)
+        if all(v in views for v in subset):
+            score("head on " + " + ".join(subset), embed_cached(model, {v: cached.maps[v] for v in subset}, index))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
            "iou_crop_box": float(np.mean(iou)), "iou_identity": float(np.mean([a for a in area])),
            "zoom_mean": float(np.mean(zoom)), "zoom_max": float(np.max(zoom)),
            "share_zoomed_over_1.1": float(np.mean(np.array(zoom) > 1.1))}
+    out["views"] = view_probe(model, test, args.feature_cache)
     print(json.dumps(out))
     return 0
 

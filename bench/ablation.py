@@ -160,6 +160,19 @@ def pt_row(args: argparse.Namespace, prof: dict) -> dict:
     return rec
 
 
+def run_train(cmd: list[str], folder: Path, ckpt: Path) -> dict:
+    """Run a ``frpt train`` command once: its train.json is reused while the command is unchanged."""
+    got = cached(folder / "train.json", show(cmd))
+    if got is None:
+        if ckpt.exists():  # a half-finished run from another command: start clean
+            shutil.rmtree(ckpt)
+        out, seconds = run_json(cmd, folder / "train.log")
+        got = {"command": show(cmd), "result": out, "train_seconds": round(seconds, 1),
+               "train_cpu_seconds": CPU_SECONDS[show(cmd)]}
+        (folder / "train.json").write_text(json.dumps(got, indent=1))
+    return got
+
+
 def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str, dpp: str) -> dict:
     size = prof["input_size"]
     name = f"{preset}-{variant}" + (f"-{dpp}" if dpp != "published" else "")
@@ -174,14 +187,7 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
             train += [flag, str(prof[key])]
     if prof["lr"][preset] is not None:
         train += ["--lr", str(prof["lr"][preset])]
-    got = cached(folder / "train.json", show(train))
-    if got is None:
-        if ckpt.exists():  # a half-finished run from another command: start clean
-            shutil.rmtree(ckpt)
-        out, seconds = run_json(train, folder / "train.log")
-        got = {"command": show(train), "result": out, "train_seconds": round(seconds, 1),
-               "train_cpu_seconds": CPU_SECONDS[show(train)]}
-        (folder / "train.json").write_text(json.dumps(got, indent=1))
+    got = run_train(train, folder, ckpt)
     card = json.loads((ckpt / "card.json").read_text())
     if not args.separate_eval:
         # frpt train always evaluates the last epoch on the test split with the same code as frpt evaluate.
@@ -221,14 +227,7 @@ def compact_row(args: argparse.Namespace, variant: str) -> dict:
                    "--feature-cache", str(Path(args.out) / "compact" / "features"))
     if variant == "finetune":  # the same wall-clock budget as the FRPT row (bench/RESULTS.md says how it was set)
         cmd += ["--epochs", str(args.finetune_epochs), "--lr", "0.01", "--batch-size", "32", "--optimizer", "sgd"]
-    got = cached(folder / "train.json", show(cmd))
-    if got is None:
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        out, seconds = run_json(cmd, folder / "train.log")
-        got = {"command": show(cmd), "result": out, "train_seconds": round(seconds, 1),
-               "train_cpu_seconds": CPU_SECONDS[show(cmd)]}
-        (folder / "train.json").write_text(json.dumps(got, indent=1))
+    got = run_train(cmd, folder, ckpt)
     card = json.loads((ckpt / "card.json").read_text())
     report = card.get("compact", {})
     rec = record(args, "compact", variant, card["metrics"], 224, epochs=int(card["epoch"]),
@@ -288,7 +287,7 @@ def render(path: Path, profile: str, size: int) -> str:
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     out = ["| preset | variant | DPP | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train s | epochs | input | "
            "paper R50 R@1 (params) |", "|" + "---|" * 13]
-    for preset in PRESETS:
+    for preset in (("compact",) if profile == "compact" else ("paper", "official")):
         for v in VARIANTS:
             paper = f"{PAPER_R1[v]} ({PAPER_PARAMS[v]})"
             mine = sorted((r for r in rows if r["preset"] == preset and r["variant"] == v), key=row_order)

@@ -298,8 +298,25 @@ def render(path: Path, profile: str, size: int) -> str:
                 out.append(f"| {preset} | {v} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
                            f"{pct(r['recall@4'])} | {pct(r['recall@8'])} | {pct(r['map@r'])} | "
                            f"{r['learned_params']:,} | {r['train_seconds']:.0f} | {r['epochs']} | {r['input_size']} | "
-                           f"{paper} |")
+                           f"{paper} |" + (f" {compact_notes(r)} |" if profile == "compact" else ""))
+    if profile == "compact":
+        out[0] += " notes |"
+        out[1] += "---|"
     return "\n".join(out)
+
+
+def compact_notes(r: dict) -> str:
+    """What a compact row's figures rest on: the prompt kept, the head epoch chosen, the caching it paid for."""
+    notes = []
+    if "prompt_kept" in r:
+        notes.append(f"prompt: {r['prompt_kept']}")
+    if "head_epochs" in r:
+        notes.append(f"head epochs (validation): {r['head_epochs']}")
+    if r.get("train_cache_seconds"):
+        notes.append(f"{r['train_cache_seconds']:.0f} s caching training maps")
+    elif r["variant"] != "finetune":
+        notes.append("feature cache already warm")
+    return "; ".join(notes)
 
 
 def main(argv: list[str] | None = None) -> int:

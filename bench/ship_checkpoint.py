@@ -45,13 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     test = build_dataset("cub", "test", root=args.root, transform=build_transform(card["input_size"], train=False))
     subset, classes = check_subset(test, args.check_classes)
     metrics = evaluate(model, subset, progress=True)
+    # The preset's frozen baseline on the same images, for the margin tests/test_assets.py asserts.
+    from frpt.config import model_config
+    from frpt.models import build_model
+
+    baseline = evaluate(build_model(model_config(card["preset"], "pt", input_size=card["input_size"])), subset,
+                        progress=True)
     raw = json.loads((dest / CARD).read_text())
     raw["exported_from"] = str(Path(args.checkpoint))
     raw["check"] = {"split": "test", "classes": classes, "images": len(subset), "metrics": metrics,
+                    "baseline_pt_metrics": baseline,
                     "command": "python bench/ship_checkpoint.py " + " ".join(argv or sys.argv[1:])}
     atomic_write_text(dest / CARD, json.dumps(raw, indent=2))  # check/exported_from are outside the sealed fields
     load_card(dest)
-    print(json.dumps({"checkpoint": str(dest.relative_to(REPO)), "check": raw["check"]["metrics"]}))
+    print(json.dumps({"checkpoint": str(dest.relative_to(REPO)), "check": metrics, "baseline_pt": baseline}))
     return 0
 
 

@@ -231,7 +231,8 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
 
 
 def _reset_head(model: FRPT, seed: int) -> None:
-    """Re-initialise CAH and the embedding head exactly as at build time (same seed, same order)."""
+    """Re-initialise CAH and the embedding head from ``seed`` (deterministic; with the compact preset's open gate
+    the re-initialised head embeds exactly like the untrained one, whatever its random weights)."""
     torch.manual_seed(seed)
     fresh = type(model)(model.config, model.backbone)
     for name in ("cah", "head"):

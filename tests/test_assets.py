@@ -54,8 +54,14 @@ def test_shipped_compact_checkpoint_reproduces_its_recorded_check_on_cub(cub_roo
     # ~590 queries: 1/590 = 0.0017 a query; allow two near-ties to flip on another CPU
     for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
         assert metrics[key] == pytest.approx(card["check"]["metrics"][key], abs=4e-3), key
-    # and the full-split figures it ships with beat the same preset's frozen baseline (bench/results.json)
-    assert card["metrics"]["recall@1"] > 0.59 and card["metrics"]["queries"] == 5924
+    # Live, on the same images, it beats the same preset's frozen baseline (GeM, original + flip) by a margin
+    # far outside float noise: the gain the compact preset exists for.
+    from frpt.config import model_config
+    from frpt.models import build_model
+
+    pt = build_model(model_config("compact", "pt", input_size=card["input_size"]))
+    base = evaluate(pt, subset, progress=False)
+    assert metrics["recall@1"] >= base["recall@1"] + 0.03 and metrics["map@r"] >= base["map@r"] + 0.01
 
 
 def test_bench_results_records_carry_what_a_rerun_needs():

@@ -31,6 +31,7 @@ from frpt.data.transforms import transform_box  # noqa: E402
 from frpt.compact import embed_cached  # noqa: E402
 from frpt.feature_cache import cache_split  # noqa: E402
 from frpt.metrics import map_at_r, recall_at_k  # noqa: E402
+from frpt.models import GeneralizedMeanPooling  # noqa: E402
 
 VIEW_SETS = (("orig",), ("orig", "flip"), ("crop",), ("crop", "crop-flip"), ("orig", "flip", "crop"),
              ("orig", "flip", "crop", "crop-flip"))
@@ -49,7 +50,7 @@ def view_probe(model, test, cache: str) -> list[dict]:
 
     orig = torch.from_numpy(np.asarray(cached.maps["orig"], dtype=np.float32))
     score("frozen orig, GAP", orig.mean(dim=(2, 3)))
-    score("frozen orig, GeM", orig.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3))
+    score("frozen orig, GeM", GeneralizedMeanPooling()(orig))
     del orig
     for subset in VIEW_SETS:  # the embedding averages whatever views it is given (FRPT.embed_maps)
         if all(v in views for v in subset):

@@ -37,7 +37,7 @@ from .errors import CheckpointError
 from .feature_cache import CachedSplit, cache_split
 from .losses import cross_entropy
 from .metrics import retrieval_metrics
-from .models import FRPT
+from .models import FRPT, GeneralizedMeanPooling
 
 
 def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +53,9 @@ def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarra
     return fit, val
 
 
-def _gem(x: torch.Tensor, weights: torch.Tensor | None = None, p: float = 3.0) -> torch.Tensor:
-    """GeM over space, optionally saliency-weighted (weights sum to 1 over space)."""
-    x = x.float().clamp(min=1e-6).pow(p)
-    pooled = (x * weights).sum(dim=(2, 3)) if weights is not None else x.mean(dim=(2, 3))
-    return pooled.pow(1.0 / p)
+def _weighted_gem(x: torch.Tensor, weights: torch.Tensor, p: float = 3.0) -> torch.Tensor:
+    """GeM over space with saliency weights that sum to 1 (uniform weights give GeneralizedMeanPooling)."""
+    return (x.float().clamp(min=1e-6).pow(p) * weights).sum(dim=(2, 3)).pow(1.0 / p)
 
 
 @torch.no_grad()
@@ -116,7 +114,7 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
             picks = [samples[k] for k in order[start:start + cfg.batch_size].tolist()]
             maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
             y = torch.as_tensor(targets[[i for _, i in picks]])
-            loss = F.cross_entropy(probe(_gem(maps, prompt.saliency(maps))), y)
+            loss = F.cross_entropy(probe(_weighted_gem(maps, prompt.saliency(maps))), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -255,7 +253,8 @@ def _choose_prompt(model: FRPT, train_set: Dataset, train_maps: CachedSplit, fit
         crop_views = tuple(v for v in views if v.startswith("crop"))
         maps = {v: train_maps.maps[v][val] for v in views if v in train_maps.maps}
         maps.update(cache_split(model, val_set, crop_views, cache_root, "val", **kw).maps)
-        emb = sum(F.normalize(_gem(torch.from_numpy(np.asarray(m, dtype=np.float32))), dim=1) for m in maps.values())
+        gem = GeneralizedMeanPooling()
+        emb = sum(F.normalize(gem(torch.from_numpy(np.asarray(m, dtype=np.float32))), dim=1) for m in maps.values())
         return _score(emb, train_maps.labels[val])["recall@1"]
 
     untrained = copy.deepcopy(model.prompt.state_dict())

@@ -1,39 +1,26 @@
-"""FRPT Studio, home page: what FRPT does, the loaded checkpoint's card, and the checkpoint/dataset pickers."""
+"""FRPT Studio: the router. `streamlit run app.py` opens the home page on the built-in offline demo; every page is
+a file under pages/, registered here in reading order (st.navigation ignores the pages/ folder's own ordering)."""
 import streamlit as st
 
-from frpt.ui import logic, sidebar
+PAGES = {
+    "": [st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True)],
+    "Explore": [
+        st.Page("pages/1_Prompt_explorer.py", title="Prompt explorer", icon=":material/center_focus_strong:"),
+        st.Page("pages/6_Warp_gallery.py", title="Warp gallery", icon=":material/grid_view:"),
+        st.Page("pages/2_Attributions.py", title="Attributions", icon=":material/local_fire_department:"),
+        st.Page("pages/3_Embedding_space.py", title="Embedding space", icon=":material/scatter_plot:"),
+    ],
+    "Retrieve": [
+        st.Page("pages/4_Retrieval.py", title="Retrieval", icon=":material/image_search:"),
+        st.Page("pages/7_AB_retrieval.py", title="A/B retrieval", icon=":material/compare:"),
+    ],
+    "Results": [
+        st.Page("pages/5_Checkpoints.py", title="Checkpoints", icon=":material/inventory_2:"),
+        st.Page("pages/8_Reproduction.py", title="Reproduction", icon=":material/table_chart:"),
+    ],
+}
 
-st.set_page_config(page_title="FRPT Studio", page_icon="🔎", layout="wide")
-ctx = sidebar()
-
-st.title("FRPT Studio")
-st.markdown(
-    "**Fine-Grained Retrieval Prompt Tuning** (Wang et al., AAAI 2023) keeps a pretrained backbone frozen and "
-    "learns only a *discriminative perturbation prompt* that warps each image to magnify the parts that tell "
-    "sub-categories apart, plus a *category-specific awareness head* that removes species-level appearance. "
-    "The result is a retrieval embedding for unseen fine-grained classes at a fraction of the trainable parameters."
-)
-st.caption("Pick a checkpoint and a dataset in the sidebar; every page follows that choice.")
-
-st.subheader("Loaded checkpoint")
-summary = logic.card_summary(ctx.card, ctx.model.parameter_report())
-left, right = st.columns(2)
-with left:
-    st.table({"": list(summary.keys()), "value": [str(v) for v in summary.values()]})
-with right:
-    rows = logic.metrics_table({"value": ctx.card})
-    if rows:
-        st.markdown("**Test metrics recorded in the card**")
-        st.dataframe(rows, hide_index=True, width="stretch")
-    else:
-        st.info("This card records no metrics; run `python -m frpt evaluate` on it.")
-    if ctx.card.get("demo"):
-        st.caption(f"Built-in demo checkpoint; rebuild with `{ctx.card.get('rebuild')}`.")
-    st.caption(f"Folder: `{ctx.checkpoint}`")
-
-st.subheader("Pages")
-st.page_link("pages/1_Prompt_explorer.py", label="Prompt explorer: the DPP warp, saliency and magnification")
-st.page_link("pages/2_Attributions.py", label="Attributions: Grad-CAM / Integrated Gradients, Fig. 4 comparison")
-st.page_link("pages/3_Embedding_space.py", label="Embedding space: UMAP before and after the head")
-st.page_link("pages/4_Retrieval.py", label="Retrieval: top-K matches and why they match")
-st.page_link("pages/5_Checkpoints.py", label="Checkpoints: card, training curves, comparison")
+page = st.navigation(PAGES)
+# Once for every page; a page may still override its own title (st.set_page_config is additive).
+st.set_page_config(page_title=f"{page.title} · FRPT Studio", page_icon="🔎", layout="wide")
+page.run()

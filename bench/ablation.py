@@ -47,13 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from frpt.config import DPP_VARIANTS  # noqa: E402 - plain dataclasses, no torch
+from frpt.fileio import atomic_write  # noqa: E402
+from frpt.reproduction import PAPER_PARAMS, PAPER_R1  # noqa: E402 - paper Table 1 (ResNet-50, CUB R@1 %), one copy
 DEFAULT_ROOT = "../shared/data/CUB_200_2011"  # relative to the repository, like every recorded command
 VARIANTS = ("pt", "frpt", "finetune", "dpp+pt", "pt+cah", "no-in")
 PRESETS = ("paper", "official", "compact")
-# Paper Table 1 (ResNet-50, CUB R@1 %).
-PAPER_R1 = {"pt": 44.9, "finetune": 69.5, "dpp+pt": 55.7, "pt+cah": 61.8, "no-in": 72.2, "frpt": 74.3}
-PAPER_PARAMS = {"pt": "0 M", "finetune": "23.53 M", "dpp+pt": "0.25 M", "pt+cah": "2.62 M", "no-in": "2.86 M",
-                "frpt": "2.86 M"}
 
 DPP_SETTINGS: dict[str, list[str]] = {
     "published": [],
@@ -262,7 +260,8 @@ def merge(path: Path, new: list[dict]) -> None:
     old = json.loads(path.read_text()) if path.is_file() else []
     fresh = {row_key(r) for r in new}
     rows = sorted([r for r in old if row_key(r) not in fresh] + new, key=row_order)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    # Atomic: the app's Reproduction page may read the file while a long ablation rewrites it.
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1) + "\n"))
 
 
 def dpp_of(r: dict) -> str:

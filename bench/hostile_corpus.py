@@ -23,7 +23,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 

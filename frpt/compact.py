@@ -83,9 +83,11 @@ def _score(embeddings: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
 class _CosineClassifier(nn.Module):
     """Scaled cosine logits: a temporary classifier for the prompt stage (discarded afterwards)."""
 
-    def __init__(self, channels: int, num_classes: int, scale: float = 16.0):
+    def __init__(self, channels: int, num_classes: int, seed: int, scale: float = 16.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_classes, channels) * 0.01)
+        # Its own generator: the prompt a seed trains must not depend on which head the variant built before it.
+        init = torch.randn(num_classes, channels, generator=torch.Generator().manual_seed(seed))
+        self.weight = nn.Parameter(init * 0.01)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +102,7 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
     classes apart from it, so the saliency learns where class evidence lies (from labels only)."""
     prompt = model.prompt
     classes, targets = np.unique(cached.labels[fit], return_inverse=True)
-    probe = _CosineClassifier(model.backbone.num_features, len(classes))
+    probe = _CosineClassifier(model.backbone.num_features, len(classes), cfg.seed)
     optimizer = torch.optim.Adam([{"params": prompt.parameters(), "lr": cfg.lr * cfg.prompt_lr_scale},
                                   {"params": probe.parameters(), "lr": cfg.lr}])
     views = [v for v in ("orig", "flip") if v in cached.maps]

@@ -62,6 +62,11 @@ def bundled_cub_checkpoints() -> dict[str, Path]:
     return {f"cub/{p.name}": p for p in sorted(folder.iterdir()) if (p / "card.json").is_file()}
 
 
+def named_checkpoints() -> dict[str, Path]:
+    """The checkpoints the app offers by name: the synthetic demos, then the shipped CUB ones (``cub/...``)."""
+    return {**available_demos(), **bundled_cub_checkpoints()}
+
+
 def _demo_model(variant: str, num_classes: int, saliency_bound: float = 0.0):
     torch.manual_seed(SEED)
     return build_model(model_config("paper", variant, num_classes=num_classes, input_size=INPUT_SIZE,

@@ -80,3 +80,33 @@ def retrieval_metrics(embeddings: torch.Tensor | np.ndarray, labels: Sequence[in
     out["nmi"] = nmi(embeddings, labels)
     out["queries"] = int(len(labels))
     return out
+
+
+def average_precision(embeddings: torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray,
+                      chunk: int = 1024) -> np.ndarray:
+    """Per-query AP under leave-one-out cosine retrieval over the *full* ranking (the Retrieval page's AP):
+    the mean of precision@i at the rank of every other same-class item. Ties keep gallery order. NaN for a
+    query whose class has no other member. Per-query values, so two embeddings can be compared query by query."""
+    emb = F.normalize(torch.as_tensor(np.array(embeddings, np.float32)), dim=1)  # a copy: galleries are read-only
+    labels_np = np.asarray(labels)
+    n = emb.shape[0]
+    out = np.full(n, np.nan)
+    ranks = np.arange(1, n, dtype=np.float64)
+    for start in range(0, n, chunk):
+        sim = (emb[start:start + chunk] @ emb.T).numpy()
+        rows = np.arange(sim.shape[0])
+        sim[rows, rows + start] = -np.inf  # the query itself ranks last and is dropped
+        order = np.argsort(-sim, axis=1, kind="stable")[:, :n - 1]
+        relevant = labels_np[order] == labels_np[start:start + sim.shape[0], None]
+        count = relevant.sum(1)
+        precision = np.cumsum(relevant, 1) / ranks
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + sim.shape[0]] = np.where(count > 0, (precision * relevant).sum(1) / count, np.nan)
+    return out
+
+
+def nearest_neighbour_hits(embeddings: torch.Tensor | np.ndarray, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each item's leave-one-out cosine nearest neighbour has its class (their mean is R@1)."""
+    labels_np = np.asarray(labels)
+    _, idx = neighbours(np.array(embeddings, np.float32), 1)  # a copy: galleries are read-only
+    return labels_np[idx[:, 0].numpy()] == labels_np

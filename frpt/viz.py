@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 ImageLike = np.ndarray | torch.Tensor | Image.Image
 
@@ -160,6 +160,20 @@ def image_grid(images: Sequence[ImageLike], cols: int = 4, pad: int = 4, size: i
     return out
 
 
+def label(image: ImageLike, text: str, size: int | None = None) -> np.ndarray:
+    """Image with ``text`` on a dark band along its bottom edge: numbers for figures that have no captions (a PNG
+    download of a gallery); ``size`` is the font's pixel height (default: 1/13 of the image, at least 9)."""
+    base = Image.fromarray(to_uint8(image))
+    if not text:
+        return np.asarray(base)
+    w, h = base.size
+    px = size or max(9, h // 13)
+    draw = ImageDraw.Draw(base, "RGBA")
+    draw.rectangle((0, h - px - 4, w, h), fill=(0, 0, 0, 170))
+    draw.text((3, h - px - 3), text, fill=(255, 255, 255, 255), font=ImageFont.load_default(px))
+    return np.asarray(base.convert("RGB"))
+
+
 def png_bytes(image: ImageLike) -> bytes:
     """PNG encoding of an image (for downloads)."""
     buf = io.BytesIO()
@@ -168,4 +182,4 @@ def png_bytes(image: ImageLike) -> bytes:
 
 
 __all__ = ["to_uint8", "colorize", "heatmap_overlay", "magnification_image", "draw_grid", "draw_box", "box_to_unit",
-           "frame", "image_grid", "png_bytes", "HIT", "MISS", "BOX"]
+           "frame", "image_grid", "label", "png_bytes", "HIT", "MISS", "BOX"]

@@ -1,59 +1,116 @@
-"""Embedding space: UMAP of the test-split embeddings before and after the head, aligned, with cluster metrics."""
+"""Embedding space: UMAP of the test-split embeddings before and after the head (or two checkpoints after their
+heads), aligned, with cluster metrics, a class picker, nearest-neighbour colouring and selected thumbnails."""
 import io
 
 import numpy as np
 import streamlit as st
 
-from frpt.ui import cache, download_figure, logic, sidebar
+from frpt.compare import split_mismatch
+from frpt.errors import FRPTError
+from frpt.ui import cache, download_figure, logic, persistent, sidebar, widget_args
+from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
 
 st.set_page_config(page_title="Embedding space · FRPT Studio", layout="wide")
 ctx = sidebar()
 st.title("Embedding space")
 st.caption("UMAP (cosine) of the test split: pooled backbone features of the (warped) image before the head, and "
-           "the retrieval embedding after CAH + head. The right map is aligned to the left one (orthogonal "
-           "Procrustes). Select points (box or lasso) to see their images.")
+           "the retrieval embedding after CAH + head; or two checkpoints' embeddings after their heads. The right "
+           "map is aligned to the left one (orthogonal Procrustes). Hover a point for its class, index and id; "
+           "hover labels cannot show pictures, so click a point (or draw a box or lasso from the map's toolbar) to "
+           "see its image beside the maps.")
 
 gallery = ctx.gallery()
-n = len(gallery.ids)
-steps = [k for k in (500, 1000, 2000, 5000, 10000) if k < n] + [n]
-limit = n if len(steps) == 1 else st.select_slider("Points (random subsample)", steps, value=min(n, 2000),
-                                                   key="emb.points")
+n, labels = len(gallery.ids), gallery.embeddings.labels
+BEFORE_AFTER, CHECKPOINTS = "Before / after the head", "Against another checkpoint"
+mode_col, points_col, colour_col = st.columns([2, 3, 2])
+with mode_col:
+    mode = persistent("emb.mode", BEFORE_AFTER)
+    st.radio("Maps", [BEFORE_AFTER, CHECKPOINTS], **widget_args("emb.mode"))
+with points_col:
+    steps = [k for k in (500, 1000, 2000, 5000, 10000) if k < n] + [n]
+    limit = n if len(steps) == 1 else st.select_slider("Points (random subsample)", steps, value=min(n, 2000),
+                                                       key="emb.points")
+with colour_col:
+    colouring = persistent("emb.colour", "Class")
+    st.radio("Colour by", ["Class", "Nearest neighbour hit"], **widget_args("emb.colour"),
+             help="nearest neighbour among all test images (cosine, the point itself left out) in that map's "
+                  "embedding: green when it has the point's class. Their share is the R@1 of the split.")
+focus = persistent("emb.focus", [])
+if any(c not in gallery.classes for c in focus):  # picked on another dataset
+    focus = st.session_state["frpt.emb.focus"] = st.session_state["w.emb.focus"] = \
+        [c for c in focus if c in gallery.classes]
+st.multiselect("Highlight classes (the rest turn grey)", gallery.classes, **widget_args("emb.focus"),
+               placeholder=f"all {len(gallery.classes)} classes")
 max_points = None if limit >= n else int(limit)
-coords = cache.gallery_map(ctx.checkpoint, ctx.dataset, ctx.root, max_points)
-labels = gallery.embeddings.labels
 
-selection = st.session_state.setdefault("emb.selected", [])
-cols = st.columns(2)
-for col, which, title in ((cols[0], "before", "Before the head"), (cols[1], "after", "After the head")):
-    with col:
-        xy = coords.before if which == "before" else coords.after
-        fig = logic.umap_figure(xy, coords.indices, labels, gallery.classes, gallery.ids, title, selection)
-        event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                key=f"emb.chart.{which}", width="stretch")
-        picked = logic.selected_rows(event)
-        if picked and picked != selection:
+# Panels: (key, title, checkpoint, which embedding, 2-D coordinates).
+coords = cache.gallery_map(ctx.checkpoint, ctx.dataset, ctx.root, max_points)
+here = display_name(ctx, ctx.checkpoint)
+panels = [("before", f"{here}: before the head", ctx.checkpoint, "before", coords.before),
+          ("after", f"{here}: after the head", ctx.checkpoint, "after", coords.after)]
+if mode == CHECKPOINTS:
+    choices = checkpoint_choices(ctx)
+    with st.columns([1, 2])[0]:
+        other = pick_checkpoint(ctx, "Compare with", "emb.other", baseline_default(ctx, choices, ctx.checkpoint))
+    if other is None:
+        st.stop()
+    try:
+        other_gallery = cache.gallery(other, ctx.dataset, ctx.root)
+        cache.gallery_map(other, ctx.dataset, ctx.root, max_points)
+    except FRPTError as exc:
+        st.error(str(exc))
+        st.stop()
+    mismatch = split_mismatch(gallery.ids, other_gallery.ids)
+    if mismatch:
+        st.error(mismatch)
+        st.stop()
+    other_xy = cache.aligned_after(other, ctx.checkpoint, (cache.stamp(other), cache.stamp(ctx.checkpoint)),
+                                   ctx.dataset, ctx.root, max_points)
+    panels = [("other", f"{display_name(ctx, other)}: after the head", other, "after", other_xy), panels[1]]
+
+colors = logic.class_colors(gallery.classes)  # one mapping for both maps
+selection = [r for r in st.session_state.setdefault("emb.selected", []) if r < n]  # rows of another dataset
+for key, *_ in panels:  # read both charts' selections before drawing, so both maps ring the same points
+    picked = logic.selected_rows(st.session_state.get(f"emb.chart.{key}"))
+    # Each chart keeps its own last selection: only a *new* one on a chart replaces the shared selection.
+    if picked != st.session_state.get(f"emb.seen.{key}", []):
+        st.session_state[f"emb.seen.{key}"] = picked
+        if picked:
             st.session_state["emb.selected"] = selection = picked
-        stats = cache.embedding_stats(ctx.checkpoint, ctx.dataset, ctx.root, max_points, which)
+map_cols = st.columns([4, 4, 2])
+for col, (key, title, ckpt, which, xy) in zip(map_cols, panels):
+    with col:
+        hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which) \
+            if colouring != "Class" else None
+        fig = logic.umap_figure(xy, coords.indices, labels, gallery.classes, gallery.ids, title, selection,
+                                colors=colors, focus=focus, nn_hits=hits)
+        st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"emb.chart.{key}",
+                        width="stretch")
+        stats = cache.embedding_stats(ckpt, ctx.dataset, ctx.root, max_points, which)
         a, b, c = st.columns(3)
         a.metric("R@1", f"{stats['recall@1']:.3f}")
         b.metric("NMI", f"{stats['nmi']:.3f}")
         c.metric("Silhouette", f"{stats['silhouette']:.3f}")
-        download_figure(fig, f"umap-{which}.html", f"emb.dl.fig.{which}")
+        download_figure(fig, f"umap-{key}.html", f"emb.dl.fig.{key}")
         buf = io.BytesIO()
-        emb = gallery.embeddings.before if which == "before" else gallery.embeddings.after
-        np.save(buf, emb)
-        st.download_button(f"Download embeddings {which} the head (npy)", buf.getvalue(), f"embeddings-{which}.npy",
-                           key=f"emb.dl.npy.{which}")
+        emb = cache.gallery(ckpt, ctx.dataset, ctx.root).embeddings
+        np.save(buf, emb.before if which == "before" else emb.after)
+        st.download_button(f"Download embeddings {which} the head (npy)", buf.getvalue(),
+                           f"embeddings-{key}-{which}.npy", key=f"emb.dl.npy.{key}")
 
-if selection:
-    st.subheader(f"Selected images ({len(selection)})")
+with map_cols[2]:
+    st.markdown(f"**Selected ({len(selection)})**")
+    if not selection:
+        st.caption("Click a point, or draw a box or lasso, to see its image here.")
     shown = selection[:12]
-    grid = st.columns(6)
+    grid = st.columns(1 if len(shown) <= 2 else 2)
     for k, row in enumerate(shown):
-        grid[k % 6].image(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, row),
-                          caption=f"#{row} · {gallery.classes[int(labels[row])]}", width="stretch")
-    if st.button("Clear selection", key="emb.clear"):
+        grid[k % len(grid)].image(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, row),
+                                  caption=f"#{row} · {gallery.classes[int(labels[row])]}", width="stretch")
+    if len(selection) > len(shown):
+        st.caption(f"first {len(shown)} of {len(selection)} shown")
+    if selection and st.button("Clear selection", key="emb.clear"):
         st.session_state["emb.selected"] = []
         st.rerun()
-else:
-    st.caption("No points selected.")
+if max_points is not None:
+    st.caption(f"Metrics are over the {max_points} points shown; nearest-neighbour colours use all {n} test images.")

@@ -1,5 +1,8 @@
-"""Every page of the app runs on the built-in demo without an exception and shows its main element."""
+"""Every page of the app runs on the built-in demo without an exception and shows its main element; the
+navigation lists the pages in reading order with Home first."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import streamlit as st
@@ -7,10 +10,22 @@ from streamlit.testing.v1 import AppTest
 
 from frpt.demo import available_demos
 
-pytestmark = pytest.mark.skipif(not available_demos(), reason="demo checkpoints missing (python -m frpt.demo --rebuild)")
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not available_demos(),
+                                reason="demo checkpoints missing (python -m frpt.demo --rebuild)")
 
 PAGES = ["pages/1_Prompt_explorer.py", "pages/2_Attributions.py", "pages/3_Embedding_space.py",
          "pages/4_Retrieval.py", "pages/5_Checkpoints.py"]
+# What app.py registers with st.navigation, in order: (file, title in the navigation, url path).
+NAVIGATION = [("pages/0_Home.py", "Home", ""), ("pages/1_Prompt_explorer.py", "Prompt explorer", "Prompt_explorer"),
+              ("pages/6_Warp_gallery.py", "Warp gallery", "Warp_gallery"),
+              ("pages/2_Attributions.py", "Attributions", "Attributions"),
+              ("pages/3_Embedding_space.py", "Embedding space", "Embedding_space"),
+              ("pages/4_Retrieval.py", "Retrieval", "Retrieval"),
+              ("pages/7_AB_retrieval.py", "A/B retrieval", "AB_retrieval"),
+              ("pages/5_Checkpoints.py", "Checkpoints", "Checkpoints"),
+              ("pages/8_Reproduction.py", "Reproduction", "Reproduction")]
+REPRODUCTION = "pages/8_Reproduction.py"
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +56,51 @@ def test_home_shows_card(app):
     assert app.title[0].value == "FRPT Studio"
     assert len(app.table) >= 1
     assert any("frpt" in str(t.value) or "paper" in str(t.value) for t in app.table)
+
+
+def _navigation(at: AppTest) -> list[tuple[str, str, str]]:
+    """(file, title, url path) of every page st.navigation registered in the last run, in registration order (the
+    registry AppTest itself keeps to resolve switch_page; the sidebar's order is this order)."""
+    return [(Path(i["script_path"]).resolve().relative_to(REPO).as_posix(), i["page_name"], i["url_pathname"])
+            for i in at._registered_pages.values()]
+
+
+def test_navigation_lists_home_first_then_every_page_in_order(app):
+    assert _navigation(app) == NAVIGATION
+    assert {Path(f).name for f, _, _ in NAVIGATION} == {p.name for p in (REPO / "pages").glob("*.py")}
+
+
+def test_home_links_every_other_page(app):
+    linked = [link.proto.page for link in app.get("page_link")]
+    assert sorted(linked) == sorted(url for _, _, url in NAVIGATION[1:])
+
+
+@pytest.mark.parametrize("page", ["pages/6_Warp_gallery.py", "pages/7_AB_retrieval.py"])
+def test_page_without_its_own_test_runs(app, page):
+    at = app.switch_page(page).run()
+    _ok(at)
+    assert at.title  # the other pages have a test of their own below
+
+
+def test_reproduction_shows_tables_and_charts(app):
+    at = app.switch_page(REPRODUCTION).run()
+    _ok(at)
+    assert at.title[0].value == "Reproduction"
+    assert len(at.get("plotly_chart")) == 3 and len(at.dataframe) == 4  # Tables 1, 2, 5 + provenance
+    assert any("ResNet-50" in i.value and "efficientnet_lite0" in i.value for i in at.info)
+
+
+def test_reproduction_without_results_file_says_so_in_one_sentence(app, monkeypatch, tmp_path):
+    from frpt import reproduction
+
+    monkeypatch.setattr(reproduction, "RESULTS", tmp_path / "results.json")
+    at = app.switch_page(REPRODUCTION).run()
+    assert not at.exception and not at.error
+    assert len(at.warning) == 1 and "No results file" in at.warning[0].value
+    assert len(at.get("plotly_chart")) == 3  # the paper's numbers alone
+    (tmp_path / "results.json").write_text('[{"preset": "paper", ')  # half-written
+    at.run()
+    assert not at.exception and len(at.warning) == 1 and "could not be read" in at.warning[0].value
 
 
 def test_prompt_explorer_shows_five_views_and_focus_score(app):

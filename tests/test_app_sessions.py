@@ -1,5 +1,5 @@
-"""Two browser sessions never see each other's state: two independent AppTest sessions run alternately on the
-retrieval page, in one process (so module globals and st.cache_* objects are shared exactly as on a server)."""
+"""Two browser sessions never see each other's state: two independent AppTest sessions of app.py run alternately
+on the retrieval page, in one process (so module globals and st.cache_* objects are shared exactly as on a server)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,9 +35,16 @@ def _k(at: AppTest) -> int:
     return at.slider(key="ret.k").value
 
 
+def _session() -> AppTest:
+    """A session opened on the home page (the router registers the pages), then switched to the retrieval page."""
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    _ok(at)
+    return at.switch_page("pages/4_Retrieval.py")
+
+
 def test_two_sessions_do_not_share_state():
-    a = AppTest.from_file("../pages/4_Retrieval.py", default_timeout=300)
-    b = AppTest.from_file("../pages/4_Retrieval.py", default_timeout=300)
+    a, b = _session(), _session()
     a.run()
     b.run()
     _ok(a)

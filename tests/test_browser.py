@@ -1,4 +1,5 @@
-"""Real browser: every page of `streamlit run app.py` renders in headless Chromium without an exception.
+"""Real browser: every page of `streamlit run app.py` renders in headless Chromium without an exception, and the
+sidebar navigation lists the pages in reading order with Home first.
 
 Screenshots go to tests/_artifacts/screens/<page>.png. Skipped when chromium/chromedriver are absent
 (`make browser` installs Debian's chromium + chromium-driver).
@@ -22,10 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENS = ROOT / "tests" / "_artifacts" / "screens"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-# url path -> element that proves the page rendered its main content
+# page -> (url path, element that proves the page rendered its main content, how many), in navigation order
 PAGES = {"home": ("", "stTable", 1), "prompt_explorer": ("Prompt_explorer", "stImage", 1),
+         "warp_gallery": ("Warp_gallery", "stHeading", 1),
          "attributions": ("Attributions", "stImage", 3), "embedding_space": ("Embedding_space", "stPlotlyChart", 2),
-         "retrieval": ("Retrieval", "stImage", 11), "checkpoints": ("Checkpoints", "stTable", 1)}
+         "retrieval": ("Retrieval", "stImage", 11), "ab_retrieval": ("AB_retrieval", "stHeading", 1),
+         "checkpoints": ("Checkpoints", "stTable", 1), "reproduction": ("Reproduction", "stPlotlyChart", 1)}
+NAV_TITLES = ["Home", "Prompt explorer", "Warp gallery", "Attributions", "Embedding space", "Retrieval",
+              "A/B retrieval", "Checkpoints", "Reproduction"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -112,3 +117,12 @@ def test_page_renders_without_exception(server, browser, page):
         browser.save_screenshot(str(SCREENS / f"{page}.png"))
     errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
     assert not errors, errors[0].text[:500]
+
+
+def test_sidebar_navigation_starts_with_home(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/Reproduction")  # needs no checkpoint, so the sidebar is up at once
+    _wait_rendered(browser, "stPlotlyChart", 1)
+    links = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] [data-testid="stSidebarNavLink"]')
+    assert [link.text.strip().splitlines()[-1] for link in links] == NAV_TITLES  # after the icon's ligature name

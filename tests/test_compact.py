@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frpt.checkpoint import load_card, load_checkpoint
+from frpt.checkpoint import load_checkpoint
 from frpt.compact import embed_cached, train_compact, validation_split
 from frpt.config import model_config, train_config
 from frpt.data import build_dataset, build_transform

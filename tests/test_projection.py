@@ -60,3 +60,63 @@ def test_gallery_umap_is_stored_beside_the_gallery_and_reused(tmp_path: Path):
     np.testing.assert_array_equal(again.after, m.after)
     stats = embedding_stats(x, y)
     assert stats["recall@1"] > 0.95 and stats["nmi"] > 0.9 and stats["silhouette"] > 0.3
+
+
+def _figure_inputs(k: int, n_per: int = 3):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(k), n_per)
+    classes = [f"class{i:03d}" for i in range(k)]
+    ids = [f"root/{classes[y]}/img{i}.jpg" for i, y in enumerate(labels)]
+    rows = np.arange(len(labels))[::-1].copy()  # map point i is gallery row rows[i]
+    return rng.normal(size=(len(rows), 2)), rows, labels, classes, ids
+
+
+def _rows_of(trace) -> list[int]:
+    return [int(c[0]) for c in trace.customdata]
+
+
+def test_umap_figure_legend_only_for_few_classes_and_hover_names_class_index_and_id():
+    from frpt.ui.logic import LEGEND_MAX_CLASSES, umap_figure
+
+    few = umap_figure(*_figure_inputs(5), "few")
+    assert len(few.data) == 5 and all(t.showlegend for t in few.data)
+    many = umap_figure(*_figure_inputs(LEGEND_MAX_CLASSES + 10), "many")
+    assert len(many.data) == LEGEND_MAX_CLASSES + 10 and not any(t.showlegend for t in many.data)
+    coords, rows, labels, classes, ids = _figure_inputs(5)
+    first = few.data[0]
+    row = _rows_of(first)[0]
+    assert first.customdata[0][1] == classes[labels[row]] and first.customdata[0][2] == f"img{row}.jpg"
+    assert "customdata[1]" in first.hovertemplate and "customdata[0]" in first.hovertemplate
+    # every point's coordinates follow its gallery row
+    point = int(np.flatnonzero(rows == row)[0])
+    assert (first.x[0], first.y[0]) == (coords[point, 0], coords[point, 1])
+
+
+def test_umap_figure_focus_greys_the_rest_and_colours_are_shared_between_maps():
+    from frpt.ui.logic import OTHER_GREY, class_colors, umap_figure
+
+    coords, rows, labels, classes, ids = _figure_inputs(30)
+    colors = class_colors(classes)
+    assert len(set(colors.values())) == 30
+    a = umap_figure(coords, rows, labels, classes, ids, "a", colors=colors, focus=["class004", "class017"])
+    b = umap_figure(coords[::-1] * 2, rows, labels, classes, ids, "b", colors=colors, focus=["class004", "class017"])
+    for fig in (a, b):
+        grey, *picked = fig.data
+        assert grey.marker.color == OTHER_GREY and len(grey.x) == 28 * 3
+        assert {t.name: t.marker.color for t in picked} == {"class004": colors["class004"],
+                                                           "class017": colors["class017"]}
+        assert all(t.showlegend for t in picked)  # two highlighted classes: a legend again
+
+
+def test_umap_figure_nearest_neighbour_colouring_and_selection_ring():
+    from frpt.ui.logic import NN_COLORS, umap_figure
+
+    coords, rows, labels, classes, ids = _figure_inputs(4)
+    hits = np.arange(len(rows)) % 2 == 0  # per gallery row: even rows hit
+    fig = umap_figure(coords, rows, labels, classes, ids, "nn", [3, 5], nn_hits=hits)
+    hit_trace, miss_trace, ring = fig.data
+    assert hit_trace.marker.color == NN_COLORS[True] and miss_trace.marker.color == NN_COLORS[False]
+    assert sorted(_rows_of(hit_trace)) == list(range(0, len(rows), 2))
+    assert sorted(_rows_of(miss_trace)) == list(range(1, len(rows), 2))
+    assert all("hit" in c[3] for c in hit_trace.customdata)
+    assert ring.name == "selected" and sorted(_rows_of(ring)) == [3, 5]

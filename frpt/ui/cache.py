@@ -160,3 +160,44 @@ def attributions(ckpt: str, card_stamp: float, name: str, root: str | None, inpu
     """:func:`attribution_images` of test image ``index`` (at the *current* checkpoint's input size)."""
     net, _ = model(ckpt, card_stamp)
     return attribution_images(net, dataset(name, root, "test", input_size)[index][0], method)
+
+
+@st.cache_data(show_spinner="Scoring every test query...", max_entries=16)
+def query_ap(ckpt: str, card_stamp: float, name: str, root: str | None) -> np.ndarray:
+    """Per-query AP (leave-one-out cosine, full ranking) of every test image after the head."""
+    from ..metrics import average_precision
+
+    g = gallery(ckpt, name, root)
+    return average_precision(g.embeddings.after, g.embeddings.labels)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def nn_hits(ckpt: str, card_stamp: float, name: str, root: str | None, which: str) -> np.ndarray:
+    """Whether each test image's leave-one-out nearest neighbour (before/after the head) has its class."""
+    from ..metrics import nearest_neighbour_hits
+
+    g = gallery(ckpt, name, root)
+    return nearest_neighbour_hits(g.embeddings.before if which == "before" else g.embeddings.after,
+                                  g.embeddings.labels)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def aligned_after(ckpt: str, onto: str, stamps: tuple[float, float], name: str, root: str | None,
+                  max_points: int | None) -> np.ndarray:
+    """``ckpt``'s after-head UMAP aligned (Procrustes) onto ``onto``'s, so two checkpoints' maps face the same
+    way (both hold the same subsample of the same gallery). ``stamps``: both cards' :func:`stamp`."""
+    from ..projection import procrustes_align
+
+    mine, target = gallery_map(ckpt, name, root, max_points), gallery_map(onto, name, root, max_points)
+    if not np.array_equal(mine.indices, target.indices):
+        return mine.after
+    return procrustes_align(mine.after, target.after)
+
+
+@st.cache_data(show_spinner="Running the prompt on the sample...", max_entries=32)
+def warp_records(ckpt: str, card_stamp: float, name: str, root: str | None, indices: tuple[int, ...]) -> list:
+    """:func:`frpt.warp_gallery.warp_records` of test images ``indices`` (one batched pass; cached per sample)."""
+    from ..warp_gallery import warp_records as compute
+
+    net, card_ = model(ckpt, card_stamp)
+    return compute(net, dataset(name, root, "test", card_["input_size"]), list(indices))

@@ -108,26 +108,82 @@ def ranking_csv(ranking: Ranking, ids: list[str], labels: np.ndarray, classes: l
 
 
 # ---------------------------------------------------------------- embedding space
-def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: list[str], ids: list[str],
-                title: str, highlight: list[int] | None = None):
-    """Plotly scatter of 2-D coordinates coloured by class; ``custom_data`` carries the gallery row so a
-    selection maps back to an image whatever trace it falls in (plotly.py#3976)."""
-    import pandas as pd
+LEGEND_MAX_CLASSES = 20  # above this a class legend is a wall of text: hover and the class picker name points
+OTHER_GREY = "rgba(170, 170, 170, 0.35)"
+NN_COLORS = {True: "rgb(46, 160, 67)", False: "rgb(214, 39, 40)"}  # viz.HIT / viz.MISS
+
+
+def class_colors(classes: list[str]) -> dict[str, str]:
+    """One fixed colour per class name, from the class list alone, so every map of a page (before/after the head,
+    two checkpoints) paints a class alike. Qualitative palettes up to 48 classes, then golden-ratio hues."""
+    import colorsys
+
     import plotly.express as px
 
-    frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "row": rows.astype(int),
-                          "class": [classes[int(labels[r])] for r in rows],
-                          "file": [ids[r].rsplit("/", 1)[-1] for r in rows]})
-    fig = px.scatter(frame, x="x", y="y", color="class", custom_data=["row", "class", "file"], title=title,
-                     render_mode="webgl" if len(frame) > 1000 else "auto")
-    fig.update_traces(marker={"size": 6, "opacity": 0.85},
-                      hovertemplate="%{customdata[1]}<br>%{customdata[2]}<extra></extra>")
+    palette = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+    if len(classes) <= len(palette):
+        return {c: palette[i] for i, c in enumerate(classes)}
+    out = {}
+    for i, c in enumerate(classes):
+        r, g, b = colorsys.hls_to_rgb((i * 0.618033988749895) % 1.0, (0.38, 0.52, 0.66)[i % 3], 0.75)
+        out[c] = f"rgb({round(r * 255)}, {round(g * 255)}, {round(b * 255)})"
+    return out
+
+
+def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: list[str], ids: list[str],
+                title: str, highlight: list[int] | None = None, *, colors: dict[str, str] | None = None,
+                focus: list[str] | None = None, nn_hits: np.ndarray | None = None):
+    """Plotly scatter of 2-D coordinates (point i is gallery row ``rows[i]``).
+
+    Coloured by class (``colors``, default :func:`class_colors`, so several maps can share one mapping) or, with
+    ``nn_hits`` (a bool per *gallery row*), by whether the point's nearest neighbour is a hit. ``focus`` (class
+    names) keeps those classes coloured and greys out the rest. ``highlight`` (gallery rows) rings selected points.
+    No legend above :data:`LEGEND_MAX_CLASSES` classes. ``custom_data`` carries the gallery row, class and id, so a
+    selection maps back to an image whatever trace it falls in (plotly.py#3976)."""
+    import plotly.graph_objects as go
+
+    rows = np.asarray(rows).astype(int)
+    colors = colors or class_colors(classes)
+    names = np.array([classes[int(labels[r])] for r in rows], dtype=object)
+    files = np.array([ids[r].rsplit("/", 1)[-1] for r in rows], dtype=object)
+    nn = None if nn_hits is None else np.asarray(nn_hits, bool)[rows]
+    focus_set = set(focus or [])
+    in_focus = np.isin(names, list(focus_set)) if focus_set else np.ones(len(rows), bool)
+    scatter = go.Scattergl if len(rows) > 1000 else go.Scatter
+    hover = "<b>%{customdata[1]}</b><br>#%{customdata[0]} · %{customdata[2]}"
+    hover += "<br>nearest neighbour: %{customdata[3]}" if nn is not None else ""
+    status = np.array(["n/a"] * len(rows), dtype=object) if nn is None else \
+        np.where(nn, "same class (hit)", "other class (miss)").astype(object)
+
+    def trace(mask: np.ndarray, name: str, color: str, size: float, legend: bool):
+        custom = np.stack([rows[mask], names[mask], files[mask], status[mask]], axis=1)
+        return scatter(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=name, customdata=custom,
+                       marker={"size": size, "color": color, "opacity": 0.9}, showlegend=legend,
+                       hovertemplate=hover + "<extra></extra>")
+
+    fig = go.Figure()
+    if not in_focus.all():
+        fig.add_trace(trace(~in_focus, "other classes", OTHER_GREY, 5, True))
+    if nn is not None:
+        for hit, label in ((True, "nearest neighbour: same class"), (False, "nearest neighbour: other class")):
+            mask = in_focus & (nn == hit)
+            if mask.any():
+                fig.add_trace(trace(mask, label, NN_COLORS[hit], 7, True))
+    else:
+        shown = [c for c in classes if c in set(names[in_focus])]
+        legend = len(shown) <= LEGEND_MAX_CLASSES
+        for c in shown:
+            fig.add_trace(trace(in_focus & (names == c), c, colors[c], 7 if focus_set else 6, legend))
     if highlight:
-        picked = frame[frame["row"].isin(highlight)]
-        fig.add_scatter(x=picked["x"], y=picked["y"], mode="markers", name="selected", hoverinfo="skip",
+        ring = np.isin(rows, highlight)
+        fig.add_scatter(x=coords[ring, 0], y=coords[ring, 1], mode="markers", name="selected", hoverinfo="skip",
+                        customdata=[[int(r)] for r in rows[ring]],
                         marker={"size": 14, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}})
-    fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend_title_text="class",
-                      xaxis={"visible": False}, yaxis={"visible": False}, dragmode="lasso")
+    # No dragmode: Streamlit's default (pan) keeps click-to-select; in box/lasso mode it turns clicks off.
+    # The legend goes under the map, so two maps side by side keep their width.
+    fig.update_layout(title=title, height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"itemsizing": "constant", "orientation": "h", "yanchor": "top", "y": -0.02, "x": 0},
+                      xaxis={"visible": False}, yaxis={"visible": False}, uirevision=title)
     return fig
 
 
@@ -195,5 +251,5 @@ def log_figure(rows: list[dict[str, str]]):
     return fig
 
 
-__all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "umap_figure", "selected_rows",
-           "card_summary", "metrics_table", "log_figure"]
+__all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
+           "selected_rows", "card_summary", "metrics_table", "log_figure"]

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from ..data import DATASETS, NEEDS_ROOT
-from ..demo import REBUILD_COMMAND, available_demos, bundled_cub_checkpoints
+from ..demo import REBUILD_COMMAND, named_checkpoints
 from ..errors import FRPTError
 from . import cache
 
@@ -92,7 +92,7 @@ def _save_upload(files) -> Path:
 
 
 def _checkpoint_picker() -> str | None:
-    demos = {k: str(v) for k, v in {**available_demos(), **bundled_cub_checkpoints()}.items()}
+    demos = {k: str(v) for k, v in named_checkpoints().items()}
     source = persistent("source", "Demo" if demos else "Folder")
     st.radio("Checkpoint", SOURCES, horizontal=True, **widget_args("source"))
     if source == "Demo":

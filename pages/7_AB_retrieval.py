@@ -1,0 +1,89 @@
+"""A/B retrieval: the same query under two checkpoints side by side, and the queries B helps and hurts most."""
+import numpy as np
+import streamlit as st
+
+from frpt import compare, viz
+from frpt.errors import FRPTError
+from frpt.ui import cache, pick_image, sidebar
+from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
+from frpt.ui.widgets import ALL
+
+st.set_page_config(page_title="A/B retrieval · FRPT Studio", layout="wide")
+ctx = sidebar()
+st.title("A/B retrieval")
+st.caption("The same test query under two checkpoints (leave-one-out cosine retrieval after the head, on the "
+           "sidebar's dataset). Green frame = same class as the query, red = another class; :blue-badge[new] marks a "
+           "result that entered B's top K, :orange-badge[dropped] one that left A's. AP is over the full ranking.")
+
+choices = checkpoint_choices(ctx)
+pick_a, pick_b = st.columns(2)
+with pick_b:
+    b_path = pick_checkpoint(ctx, "B", "ab.b", display_name(ctx, ctx.checkpoint))
+with pick_a:
+    a_path = pick_checkpoint(ctx, "A (baseline)", "ab.a", baseline_default(ctx, choices, b_path or ctx.checkpoint))
+if a_path is None or b_path is None:
+    st.stop()
+name_a, name_b = display_name(ctx, a_path), display_name(ctx, b_path)
+try:
+    ga, gb = cache.gallery(a_path, ctx.dataset, ctx.root), cache.gallery(b_path, ctx.dataset, ctx.root)
+except FRPTError as exc:
+    st.error(str(exc))
+    st.stop()
+mismatch = compare.split_mismatch(ga.ids, gb.ids)
+if mismatch:
+    st.error(mismatch)
+    st.stop()
+labels = ga.embeddings.labels
+split = compare.SplitComparison(cache.query_ap(a_path, cache.stamp(a_path), ctx.dataset, ctx.root),
+                                cache.query_ap(b_path, cache.stamp(b_path), ctx.dataset, ctx.root))
+mean_a, mean_b = split.mean_ap
+delta = split.delta
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(f"mAP A ({name_a})", f"{mean_a:.3f}")
+m2.metric(f"mAP B ({name_b})", f"{mean_b:.3f}", f"{mean_b - mean_a:+.3f}")
+m3.metric("Queries B helps", int(np.sum(delta > 0)))
+m4.metric("Queries B hurts", int(np.sum(delta < 0)))
+
+
+def _go_to(row: int) -> None:
+    """Make ``row`` the query (a button callback runs before the query picker is drawn)."""
+    st.session_state["frpt.ab.class"] = ALL
+    st.session_state["frpt.ab.index"] = row
+
+
+query = pick_image(ctx, "ab", allow_upload=False)
+k = st.slider("Top K", 1, 12, 8, key="ab.k")
+view = compare.side_by_side(ga.embeddings.after, gb.embeddings.after, labels, query.index, k, split.ap_a,
+                            split.ap_b)
+
+left, right = st.columns([1, 5])
+with left:
+    st.image(viz.to_uint8(query.image), caption=f"query #{query.index} · {ga.classes[int(labels[query.index])]}",
+             width="stretch")
+    st.metric("AP under B", f"{view.ap_b:.3f}", f"{view.ap_delta:+.3f} against A")
+    st.caption(f"AP under A: {view.ap_a:.3f}")
+with right:
+    for tag, name, top, changed, mark in (("A", name_a, view.a, view.left, ":orange-badge[dropped]"),
+                                          ("B", name_b, view.b, view.entered, ":blue-badge[new]")):
+        st.markdown(f"**{tag}: {name}** · {int(top.hits.sum())}/{len(top.rows)} hits in the top {k}")
+        cols = st.columns(k)
+        for r, (row, score, hit) in enumerate(zip(top.rows, top.scores, top.hits)):
+            thumb = viz.frame(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(row)),
+                              viz.HIT if hit else viz.MISS)
+            note = f" {mark}" if int(row) in changed else ""
+            cols[r].image(thumb, width="stretch")
+            cols[r].caption(f"{r + 1}. #{int(row)} · {score:.3f}{note}")
+
+st.subheader("Where B differs most from A")
+st.caption("Per-query AP difference (B minus A) over every test query; click one to make it the query above.")
+helps_col, hurts_col = st.columns(2)
+for col, title, rows in ((helps_col, "B helps most", split.helps(6)), (hurts_col, "B hurts most", split.hurts(6))):
+    with col:
+        st.markdown(f"**{title}**")
+        if not len(rows):
+            st.caption("none")
+        for row in rows:
+            row = int(row)
+            st.button(f"#{row} · {ga.classes[int(labels[row])]} · AP {split.ap_a[row]:.2f} → {split.ap_b[row]:.2f} "
+                      f"({delta[row]:+.2f})", key=f"ab.go.{title}.{row}", on_click=_go_to, args=(row,),
+                      width="stretch")

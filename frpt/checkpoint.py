@@ -3,7 +3,9 @@
 Layout (``FORMAT_VERSION`` 1)::
 
     card.json                      preset, variant, model/train config, backbone name + weights sha256,
-                                   class names, input size, mean/std, metrics, epoch, file names + sha256
+                                   class names, input size, mean/std, metrics, epoch, file names + sha256;
+                                   training cards also ``world_size`` (processes under torchrun, 1 without)
+                                   and ``global_batch_size`` (the batch of one optimiser step, all processes)
     model-e0007.safetensors        learned tensors only (the frozen backbone is rebuilt from its weights)
     train-state-e0007.safetensors  optimiser state for --resume (training checkpoints only)
     log.csv                        per-epoch training log (written by frpt.training)

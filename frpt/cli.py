@@ -2,6 +2,8 @@
 
 Machine-readable results are one JSON object on the last line of stdout; progress goes to stderr. Bad input
 (an unreadable image, a foreign checkpoint, a broken dataset folder) prints one sentence and exits with 2.
+``train``, ``evaluate`` and ``embed`` also run data-parallel under ``torchrun`` (one process per device, see
+:mod:`frpt.distributed`); rank 0 alone prints results and writes files.
 """
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import PRESETS, VARIANTS, model_config, train_config
-from .errors import FRPTError
+from .errors import ConfigError, FRPTError
+
+DISTRIBUTED_COMMANDS = ("train", "evaluate", "embed")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +30,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="train: the global batch, split evenly over torchrun's processes; inference: per process")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="inference precision (auto: bf16 where the CPU has native bf16 or on CUDA, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -65,7 +71,8 @@ def _dataset_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj), flush=True)
+    if distributed.is_main():
+        print(json.dumps(obj), flush=True)
 
 
 def _build_untrained(args: argparse.Namespace, preset: str, variant: str, num_classes: int = 0):
@@ -160,11 +167,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
     dataset = _dataset(args, args.split, card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
-                                 precision=args.precision, progress=not args.quiet, recompute=args.recompute)
-    result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids)}
-    if not args.no_umap:
-        from .projection import gallery_umap
-        result["umap"] = str(gallery_umap(gallery).path)
+                                 precision=args.precision, progress=not args.quiet, recompute=args.recompute,
+                                 device=args.device, shard_size=args.shard_size)
+    result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids), "skipped": len(gallery.skipped)}
+    if gallery.skipped and distributed.is_main():
+        from .gallery import manifest_file
+
+        result["manifest"] = str(manifest_file(gallery.path))
+        print(f"warning: skipped {len(gallery.skipped)} unreadable image(s), listed with their reasons in "
+              f"{result['manifest']}; first: {gallery.skipped[0]}", file=sys.stderr)
+    if not args.no_umap and distributed.is_main():
+        from .projection import DEFAULT_MAP_POINTS, gallery_umap
+        # The page's opening subsample and the whole split, so the Embedding space page reads rather than fits.
+        result["umap"] = [str(gallery_umap(gallery, max_points=k).path) for k in (DEFAULT_MAP_POINTS, None)]
     _emit(result)
     return 0
 
@@ -246,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--backbone-weights")
     p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--recompute", action="store_true", help="discard stored embeddings and finished shards")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="images per shard; a killed run resumes after its last finished shard")
     p.add_argument("--no-umap", action="store_true")
     p.set_defaults(func=cmd_embed)
 
@@ -273,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launch(args: argparse.Namespace) -> None:
+    """Refuse, before any process group exists, what cannot run under torchrun with several processes."""
+    if distributed.launched_world_size() == 1:
+        return
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"`frpt {args.command}` runs in one process; start it with python -m frpt, not torchrun.")
+    preset, variant = _resolve_preset(args) if args.command == "train" else (None, None)
+    if preset == "compact" and variant != "finetune":
+        raise ConfigError("The compact preset trains on cached features in a single process; run it without "
+                          "torchrun (or with --nproc_per_node 1).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
@@ -280,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info" and not args.checkpoint and not args.preset:
         args.preset = "paper"
     try:
-        return args.func(args)
+        _check_launch(args)
+        with distributed.session(getattr(args, "device", "cpu")):
+            if distributed.is_distributed() and hasattr(args, "device"):
+                args.device = str(distributed.device_for(args.device))  # cuda -> cuda:LOCAL_RANK
+            return args.func(args)
     except FRPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

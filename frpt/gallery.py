@@ -1,32 +1,52 @@
 """Gallery embeddings of a checkpoint on a dataset split, computed once and stored beside the checkpoint.
 
 ``python -m frpt embed`` (or the app, on first use) writes ``<checkpoint>/gallery/<dataset>-<split>-<key>.npz``
-holding the embeddings before and after the head, the labels and the sample ids. The key hashes the checkpoint's
-weights sha256, the dataset and its root, so a retrained checkpoint or another dataset never reuses stale vectors.
+holding the embeddings before and after the head, the labels, the sample ids and the ids of images skipped because
+they could not be decoded. The key hashes the checkpoint's weights sha256, the dataset and its root, so a retrained
+checkpoint or another dataset never reuses stale vectors.
+
+A large folder takes hours, so the work is cut into fixed-size shards: each finished shard is written atomically
+into ``<gallery>.parts/`` and recorded in ``<gallery>.manifest.json`` (the commit point, keyed by the weights, the
+precision and the dataset listing), and a killed run continues with the shards it had not finished. Once all are
+done the gallery file is assembled from them, the parts are removed, and the manifest stays as the record of the
+skipped images. Under ``torchrun`` the processes embed one shard each per round and rank 0 writes.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from . import distributed
 from .data.base import RetrievalDataset
-from .evaluation import Embeddings, extract_embeddings
-from .fileio import atomic_write
-from .models import FRPT
+from .errors import DatasetError
+from .evaluation import Embeddings, ReadableEmbeddings, embed_readable, resolve_precision
+from .fileio import atomic_write, atomic_write_text
+from .models import FRPT, file_sha256
+
+SHARD_SIZE = 1024
+MANIFEST_FORMAT = "frpt-gallery-parts"
+MANIFEST_VERSION = 1
 
 
 @dataclass
 class Gallery:
     embeddings: Embeddings
-    ids: list[str]        # dataset sample ids (file paths, or synthetic ids)
+    ids: list[str]        # dataset sample ids (file paths, or synthetic ids) of the rows
     classes: list[str]    # class names; labels index into this
     path: Path
+    skipped: list[str] = field(default_factory=list)  # ids of images that could not be decoded (no row)
 
 
 def gallery_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None) -> Path:
@@ -36,33 +56,172 @@ def gallery_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os
     return Path(card["path"]) / "gallery" / f"{dataset.name}-{dataset.split}-{key}.npz"
 
 
+def manifest_file(path: Path) -> Path:
+    """The shard manifest of gallery ``path``: progress while embedding, the list of skipped images after."""
+    return path.with_name(f"{path.stem}.manifest.json")
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.parts")
+
+
 def load_gallery(path: Path) -> Gallery | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             emb = Embeddings(data["before"], data["after"], data["labels"])
-            return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path)
+            skipped = [str(s) for s in data["skipped"]] if "skipped" in data.files else []
+            return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path, skipped)
     except (OSError, KeyError, ValueError):
         return None  # damaged cache: recompute
 
 
+def _run_key(card: dict[str, Any], dataset: RetrievalDataset, precision: str, shard_size: int) -> dict[str, Any]:
+    """What the shards of a run depend on; a manifest with another key is a different run and starts over."""
+    listing = json.dumps({"classes": list(dataset.classes), "samples": [[s, int(y)] for s, y in dataset.samples]},
+                         ensure_ascii=True)
+    return {"weights_sha256": card["files"].get("weights_sha256"), "input_size": card["input_size"],
+            "dataset": dataset.name, "split": dataset.split, "images": len(dataset), "shard_size": shard_size,
+            "precision": precision, "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npz"
+
+
+class _Manifest:
+    """The manifest of one gallery run (rank 0 only): which shards are committed, and the images skipped."""
+
+    def __init__(self, gallery: Path, key: dict[str, Any], restart: bool):
+        self.path, self.parts = manifest_file(gallery), _parts_dir(gallery)
+        data = None if restart else _read_json(self.path)
+        if not data or data.get("format") != MANIFEST_FORMAT or data.get("key") != key or data.get("complete"):
+            shutil.rmtree(self.parts, ignore_errors=True)
+            data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "key": key, "complete": False,
+                    "shards": {}}
+        self.data = data
+
+    def finished(self) -> set[int]:
+        """Shards whose file is present and intact (a damaged or missing one is recomputed)."""
+        done = set()
+        for k, rec in self.data["shards"].items():
+            file = self.parts / str(rec.get("file"))
+            try:
+                if file.is_file() and file_sha256(file) == rec.get("sha256"):
+                    done.add(int(k))
+            except (OSError, ValueError):
+                pass
+        return done
+
+    def commit(self, k: int, result: ReadableEmbeddings, dataset: RetrievalDataset) -> None:
+        """Write shard ``k`` atomically, then record it: a shard is finished only once the manifest says so."""
+        file = self.parts / _shard_name(k)
+        emb = result.embeddings
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, before=emb.before, after=emb.after, labels=emb.labels, indices=result.indices)
+
+        atomic_write(file, write)
+        self.data["shards"][str(k)] = {
+            "file": file.name, "sha256": file_sha256(file), "rows": int(len(result.indices)),
+            "skipped": [{"index": i, "id": dataset.samples[i][0], "reason": reason} for i, reason in result.unreadable]}
+        atomic_write_text(self.path, json.dumps(self.data, indent=1))
+
+    def assemble(self, dataset: RetrievalDataset, gallery: Path, count: int) -> None:
+        """The gallery file from the shards in order, then the manifest marked complete and the parts removed."""
+        parts, skipped = [], []
+        for k in range(count):
+            with np.load(self.parts / _shard_name(k), allow_pickle=False) as data:
+                if len(data["indices"]):
+                    parts.append({name: data[name] for name in ("before", "after", "labels", "indices")})
+            skipped.extend(self.data["shards"][str(k)]["skipped"])
+        if not parts:
+            first = skipped[0]["reason"] if skipped else ""
+            raise DatasetError(f"None of the {len(dataset)} images of the {dataset.name} {dataset.split} split could "
+                               f"be read ({first.rstrip('.')}); check the dataset folder.")
+        cat = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        ids = np.array([dataset.samples[i][0] for i in cat["indices"]])
+        skipped_ids = np.array([s["id"] for s in skipped], dtype=str)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, before=cat["before"], after=cat["after"], labels=cat["labels"], ids=ids,
+                         classes=np.array(dataset.classes), skipped=skipped_ids)
+
+        atomic_write(gallery, write)
+        self.data.update(complete=True, skipped=skipped, shards={})
+        atomic_write_text(self.path, json.dumps(self.data, indent=1))
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # missing or damaged: start over
+    return data if isinstance(data, dict) else None
+
+
+def _model_device(model: FRPT) -> torch.device:
+    return next(model.parameters()).device
+
+
 def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, *,
                        root: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "fp32",
-                       progress: bool = True, recompute: bool = False) -> Gallery:
-    """Load the stored gallery embeddings, or compute and store them (atomically)."""
+                       progress: bool = True, recompute: bool = False, device: str | torch.device | None = None,
+                       shard_size: int = SHARD_SIZE, on_shard: Callable[[int], None] | None = None) -> Gallery:
+    """Load the stored gallery embeddings, or compute them shard by shard (resuming a killed run) and store them.
+
+    Images that cannot be decoded are skipped and listed (``Gallery.skipped`` and the manifest), never fatal.
+    ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed (progress hooks, tests)."""
     path = gallery_file(card, dataset, root)
     cached = None if recompute else load_gallery(path)
-    if cached is not None and len(cached.ids) == len(dataset):
+    main = distributed.is_main()
+    if cached is not None and len(cached.ids) + len(cached.skipped) == len(dataset):
+        if main and _parts_dir(path).exists():  # left by a run killed after assembling the gallery
+            shutil.rmtree(_parts_dir(path), ignore_errors=True)
         return cached
-    emb = extract_embeddings(model, dataset, batch_size=batch_size, precision=precision, progress=progress,
-                             desc=f"gallery {dataset.name}/{dataset.split}")
-    ids = np.array([s for s, _ in dataset.samples])
-    classes = np.array(dataset.classes)
+    if shard_size < 1:
+        raise DatasetError(f"Shard size {shard_size} is not usable; use a positive number of images.")
+    device = torch.device(device) if device is not None else _model_device(model)
+    key = _run_key(card, dataset, resolve_precision(precision, device), shard_size)
+    manifest = _Manifest(path, key, restart=recompute) if main else None
+    done = distributed.broadcast_object(manifest.finished() if manifest else None)
+    count = math.ceil(len(dataset) / shard_size)
+    pending = [k for k in range(count) if k not in done]
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, before=emb.before, after=emb.after, labels=emb.labels, ids=ids, classes=classes)
+    def rows(k: int) -> range:
+        return range(k * shard_size, min(len(dataset), (k + 1) * shard_size))
 
-    atomic_write(path, write)
-    return Gallery(emb, list(map(str, ids)), list(map(str, classes)), path)
+    bar = tqdm(total=sum(len(rows(k)) for k in pending), unit="img", disable=not (progress and main),
+               desc=f"gallery {dataset.name}/{dataset.split}")
+    if done and pending and progress and main:
+        tqdm.write(f"resuming: {len(done)} of {count} shards were embedded by an earlier run", file=sys.stderr)
+    world, rank = distributed.world_size(), distributed.rank()
+    try:
+        for start in range(0, len(pending), world):
+            group = pending[start:start + world]  # one shard per process in this round
+            mine = group[rank] if rank < len(group) else None
+            result = None if mine is None else embed_readable(
+                model, dataset, rows(mine), batch_size=batch_size, device=device, precision=precision,
+                on_batch=lambda n, scale=len(group): bar.update(n * scale))
+            results = distributed.gather_objects(result)
+            if manifest is not None:
+                for k, res in zip(group, results):
+                    manifest.commit(k, res, dataset)
+                bar.n = sum(len(rows(k)) for k in pending[:start + len(group)])
+                bar.refresh()
+                for k in group:
+                    if on_shard is not None:
+                        on_shard(k)
+        if manifest is not None:
+            manifest.assemble(dataset, path, count)
+    finally:
+        bar.close()
+    distributed.barrier()  # the other processes read what rank 0 has just written
+    gallery = load_gallery(path)
+    if gallery is None:
+        raise DatasetError(f"The gallery file {path} could not be read back after writing; check the disk.")
+    return gallery

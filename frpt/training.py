@@ -3,6 +3,10 @@
 Every epoch ends with an atomic checkpoint (see :mod:`frpt.checkpoint`) and an atomically rewritten
 ``log.csv``. Randomness is re-seeded from (seed, epoch) at the start of each epoch, so a run resumed with
 ``--resume`` after being killed continues exactly as an uninterrupted run with the same seed would.
+
+Under ``torchrun`` (see :mod:`frpt.distributed`) the model is wrapped in DistributedDataParallel: ``batch_size`` is
+the global batch, each of the N processes takes its B/N slice of the very batches one process would draw, gradients
+are averaged and BatchNorm layers use global-batch statistics, so N processes train like one. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -10,15 +14,19 @@ import csv
 import io
 import itertools
 import math
+import random
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import CARD, check_tensors, load_card, load_train_state, read_tensors, save_checkpoint, verified_file
 from .config import TrainConfig
 from .errors import CheckpointError
@@ -128,13 +136,45 @@ def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
     return cfg.seed * 1_000_003 + epoch
 
 
+def _rank_seed(seed: int, rank: int) -> int:
+    """Augmentation seed of process ``rank``: rank 0 (and a single process) keeps ``seed``, others get their own
+    stream, so two processes never draw the same crops for their different images."""
+    return seed + (rank << 32)
+
+
+def _offset_worker_seed(worker_id: int, rank: int) -> None:
+    seed = _rank_seed(torch.initial_seed(), rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The shuffled batches of ``epoch``, drawn from a generator seeded by (seed, epoch) (the ``set_epoch`` of a
+    DistributedSampler), so a resumed run draws what an uninterrupted one would. With ``world_size`` processes,
+    each gets its slice of the same global batches (:class:`frpt.distributed.ShardedBatchSampler`)."""
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg, epoch))
+    if world_size == 1:
+        return DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                          num_workers=cfg.workers, generator=generator)
+    batches = BatchSampler(RandomSampler(train_set, generator=generator), cfg.batch_size, drop_last=True)
+    return DataLoader(train_set, batch_sampler=distributed.ShardedBatchSampler(batches, rank, world_size),
+                      num_workers=cfg.workers, generator=generator,
+                      worker_init_fn=partial(_offset_worker_seed, rank=rank) if cfg.workers else None)
+
+
 def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
           dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
           device: str | torch.device = "cpu", progress: bool = True, eval_batch_size: int = 64,
           limit_batches: int | None = None) -> dict[str, Any]:
-    """Train ``model`` for ``cfg.epochs`` epochs, checkpointing into ``out_dir`` after each; returns the card."""
+    """Train ``model`` for ``cfg.epochs`` epochs, checkpointing into ``out_dir`` after each; returns the card.
+
+    Under a process group (torchrun), every process calls this with the same arguments; see the module doc."""
     out_dir = Path(out_dir)
     device = torch.device(device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    progress = progress and main
+    # Card fields: how this run's epochs were computed (the train config's batch_size is the global batch).
+    parallel = {"world_size": world, "global_batch_size": cfg.batch_size}
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     start_epoch, rows = 0, []
@@ -155,25 +195,29 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         rows = _log_rows_upto(out_dir, start_epoch)
     elif (out_dir / CARD).is_file():
         raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     iters_per_epoch = len(train_set) // cfg.batch_size if limit_batches is None else limit_batches
     if iters_per_epoch == 0:
         raise CheckpointError(f"The training split has {len(train_set)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size.")
-    card: dict[str, Any] = {}
     if not model.config.trainable or start_epoch >= cfg.epochs:
         metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=progress) if test_set else {}
-        return load_card(save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
-                                         epoch=start_epoch, metrics=metrics,
-                                         train_state=_optimizer_tensors(model, optimizer)).parent)
+        if main:
+            save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=start_epoch,
+                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
+        return distributed.broadcast_object(load_card(out_dir) if main else None)
+    net: torch.nn.Module = model
+    if world > 1:
+        distributed.sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      forward_sync_buffers=False)  # BatchNorm buffers agree: global statistics
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        seed = _epoch_seed(cfg, epoch)
-        torch.manual_seed(seed)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg.workers, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(_rank_seed(_epoch_seed(cfg, epoch), rank))
+        loader = epoch_loader(train_set, cfg, epoch, rank, world)
         model.train()
         total, seen, lr = 0.0, 0, cfg.lr
         bar = tqdm(itertools.islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
@@ -184,7 +228,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
                 group["lr"] = lr * group["lr_scale"]
             images, targets = images.to(device), targets.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images).logits
+                logits = net(images).logits
             loss = cross_entropy(logits, targets, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -198,6 +242,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
             total += loss.item() * len(targets)
             seen += len(targets)
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}")
+        total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
         done = epoch + 1
         metrics: dict[str, Any] = {}
         last = done == cfg.epochs
@@ -205,11 +250,11 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
             metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=False)
         rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
                      "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
-        _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
-        save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
-                        metrics=metrics, train_state=_optimizer_tensors(model, optimizer))
-        card = load_card(out_dir)
-    return card
+        if main:
+            _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
+            save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
+                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
+    return distributed.broadcast_object(load_card(out_dir) if main else None)  # rank 0's card, on every process
 
 
-__all__ = ["train", "lr_at", "build_optimizer", "read_log", "retrieval_metrics", "LOG"]
+__all__ = ["train", "epoch_loader", "lr_at", "build_optimizer", "read_log", "retrieval_metrics", "LOG"]

@@ -7,6 +7,7 @@ import streamlit as st
 
 from frpt.compare import split_mismatch
 from frpt.errors import FRPTError
+from frpt.projection import DEFAULT_MAP_POINTS
 from frpt.ui import cache, download_figure, logic, persistent, sidebar, widget_args
 from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
 
@@ -27,8 +28,8 @@ with mode_col:
     mode = persistent("emb.mode", BEFORE_AFTER)
     st.radio("Maps", [BEFORE_AFTER, CHECKPOINTS], **widget_args("emb.mode"))
 with points_col:
-    steps = [k for k in (500, 1000, 2000, 5000, 10000) if k < n] + [n]
-    limit = n if len(steps) == 1 else st.select_slider("Points (random subsample)", steps, value=min(n, 2000),
+    steps = [k for k in (500, 1000, DEFAULT_MAP_POINTS, 5000, 10000) if k < n] + [n]
+    limit = n if len(steps) == 1 else st.select_slider("Points (random subsample)", steps, value=min(n, DEFAULT_MAP_POINTS),
                                                        key="emb.points")
 with colour_col:
     colouring = persistent("emb.colour", "Class")

@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 CUB_ROOT = Path(os.environ.get("FRPT_CUB_ROOT", REPO.parent / "shared" / "data" / "CUB_200_2011"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("FRPT_WARM_UMAP", "0")  # the app's background numba warm-up would only compete with tests
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import pytest
 
 from frpt.evaluation import Embeddings
 from frpt.gallery import Gallery
-from frpt.projection import embedding_stats, gallery_umap, procrustes_align, silhouette, umap_2d, umap_file
+from frpt.projection import (embedding_stats, gallery_umap, pca_reduce, procrustes_align, silhouette, umap_2d,
+                             umap_file)
 
 
 def _clusters(n_per: int = 40, k: int = 4, d: int = 16, seed: int = 0):
@@ -33,6 +34,23 @@ def test_silhouette_separates_good_and_random_labels():
     assert silhouette(x, y, metric="euclidean") > 0.5
     assert abs(silhouette(x, np.random.default_rng(0).permutation(y), metric="euclidean")) < 0.1
     assert np.isnan(silhouette(x, np.zeros(len(y), int)))
+
+
+def test_pca_reduce_keeps_cosine_neighbours_of_wide_embeddings():
+    """UMAP runs on 50 principal components of the L2-normalised rows: cosine nearest neighbours must survive."""
+    from frpt.metrics import recall_at_k
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(8, 1280))
+    x = np.concatenate([c + 0.8 * rng.normal(size=(30, 1280)) for c in centres]).astype(np.float32)
+    x *= rng.uniform(0.5, 20, size=(len(x), 1))  # norms vary: only directions may matter
+    y = np.repeat(np.arange(8), 30)
+    reduced = pca_reduce(x, 50)
+    assert reduced.shape == (240, 50)
+    assert recall_at_k(x, y, ks=(1,))["recall@1"] == 1.0
+    assert recall_at_k(reduced, y, ks=(1,))["recall@1"] == 1.0
+    small = pca_reduce(x[:, :20], 50)  # already narrower than the target: only normalised
+    np.testing.assert_allclose(np.linalg.norm(small, axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.slow

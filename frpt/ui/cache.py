@@ -3,6 +3,7 @@ read-only shared objects (models, datasets, stored arrays); per-user state lives
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,20 @@ from ..data.base import RetrievalDataset
 from ..gallery import Gallery, gallery_embeddings, gallery_file, load_gallery
 from ..models import FRPT
 from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
+
+
+_umap_warmup: threading.Thread | None = None
+
+
+def start_umap_warmup() -> None:
+    """Compile UMAP's numba kernels once per server process, in the background, before anyone opens a map
+    (:func:`frpt.projection.warm_umap`). ``FRPT_WARM_UMAP=0`` turns it off (the test suite does)."""
+    global _umap_warmup
+    if _umap_warmup is None and os.environ.get("FRPT_WARM_UMAP", "1") != "0":
+        from ..projection import warm_umap
+
+        _umap_warmup = threading.Thread(target=warm_umap, name="frpt-umap-warmup", daemon=True)
+        _umap_warmup.start()
 
 
 def stamp(path: str | os.PathLike) -> float:

@@ -147,6 +147,7 @@ def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
 def sidebar() -> Context:
     """Draw the sidebar (checkpoint and dataset pickers) and return the session's context, or stop the page with
     one clear sentence when the choice cannot be loaded."""
+    cache.start_umap_warmup()
     with st.sidebar:
         st.markdown("### FRPT Studio")
         path = _checkpoint_picker()

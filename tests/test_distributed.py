@@ -20,31 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from crashing import Crash, CrashingDataset  # tests/crashing.py
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 DATA = dict(num_classes=4, images_per_class=8, image_size=64)  # 2 train / 2 test classes, 16 images each
 BATCH, EPOCHS, LIMIT = 8, 2, 2
 CRASH_AFTER = LIMIT * BATCH // 2  # items one of two processes reads in epoch 1: the next one is in epoch 2
-
-
-class _Crash(Exception):
-    pass
-
-
-class _CrashingDataset(torch.utils.data.Dataset):
-    """Raises after ``budget`` items; every process reads the same number per step, so all stop at the same step."""
-
-    def __init__(self, data, budget: int):
-        self.data, self.budget = data, budget
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        self.budget -= 1
-        if self.budget < 0:
-            raise _Crash
-        return self.data[i]
 
 
 def _datasets():
@@ -73,7 +55,7 @@ def _train(out: Path, resume: bool = False, crash: bool = False) -> dict:
     # into different runs, which says nothing about the data parallelism.
     cfg = train_config("official", epochs=EPOCHS, batch_size=BATCH, lr=0.002, momentum=0.9, warmup_iters=0, seed=1,
                        prompt_lr_scale=2e-4)
-    return train(_model(), _CrashingDataset(train_set, CRASH_AFTER) if crash else train_set, cfg, out,
+    return train(_model(), CrashingDataset(train_set, CRASH_AFTER) if crash else train_set, cfg, out,
                  classes=list(train_set.classes), dataset_info={"name": "synthetic", "root": None}, test_set=test_set,
                  resume=resume, progress=False, eval_batch_size=3, limit_batches=LIMIT)
 
@@ -117,7 +99,7 @@ def _worker(out: Path) -> None:
         _train(out / "two")
         try:
             _train(out / "crashed", crash=True)
-        except _Crash:
+        except Crash:
             pass
         distributed.barrier()  # rank 0 has committed epoch 1 before anyone resumes
         _train(out / "crashed", resume=True)

@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 from frpt.checkpoint import card_seal, load_card, load_checkpoint, load_train_state, verified_file
 from frpt.training import read_log
 
+from crashing import Crash, CrashingDataset  # tests/crashing.py
+
 REPO = Path(__file__).resolve().parents[1]
 KILL_SEED = int(os.environ.get("FRPT_KILL_SEED", "2023"))
 EPOCHS = 4
@@ -157,25 +159,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- fast, in-process
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashingDataset(torch.utils.data.Dataset):
-    """Raises after ``budget`` items: an in-process stand-in for a crash part-way through a later epoch."""
-
-    def __init__(self, data, budget: int):
-        self.data, self.budget = data, budget
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        self.budget -= 1
-        if self.budget < 0:
-            raise _Crash
-        return self.data[i]
-
 
 def _tiny_run(out: Path, resume: bool = False, crash_after: int | None = None):
     """A 2-epoch run of 1 batch of 4 per epoch; ``crash_after=6`` stops it during epoch 2 (card at epoch 1)."""
@@ -187,7 +170,7 @@ def _tiny_run(out: Path, resume: bool = False, crash_after: int | None = None):
     data = build_dataset("synthetic", "train", transform=build_transform(64, train=True), num_classes=4,
                          images_per_class=4, image_size=64)
     if crash_after is not None:
-        data = _CrashingDataset(data, crash_after)
+        data = CrashingDataset(data, crash_after)
     torch.manual_seed(0)
     model = build_model(model_config("paper", "dpp+pt", num_classes=4, input_size=64))
     cfg = train_config("paper", epochs=2, batch_size=4, seed=3)
@@ -198,7 +181,7 @@ def _tiny_run(out: Path, resume: bool = False, crash_after: int | None = None):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "run"
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         _tiny_run(out, crash_after=6)  # epoch 1 reads items 1-4, so item 6 is inside epoch 2
     assert load_card(out)["epoch"] == 1
     return out

@@ -10,6 +10,9 @@ into ``<gallery>.parts/`` and recorded in ``<gallery>.manifest.json`` (the commi
 precision and the dataset listing), and a killed run continues with the shards it had not finished. Once all are
 done the gallery file is assembled from them, the parts are removed, and the manifest stays as the record of the
 skipped images. Under ``torchrun`` the processes embed one shard each per round and rank 0 writes.
+
+Two runs on one gallery (two app sessions, or the app beside ``frpt embed``) never interleave: the first holds a
+file lock beside the gallery while it works, and the second waits for it and then reads what it wrote.
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -47,6 +52,17 @@ class Gallery:
     classes: list[str]    # class names; labels index into this
     path: Path
     skipped: list[str] = field(default_factory=list)  # ids of images that could not be decoded (no row)
+    # dataset index of each row; differs from the row number after the first skipped image
+    indices: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.indices is None:
+            self.indices = np.arange(len(self.ids), dtype=np.int64)
+        self._row_of = {int(i): r for r, i in enumerate(self.indices)}
+
+    def row_of(self, index: int) -> int | None:
+        """The row holding dataset image ``index``, or None where that image was skipped."""
+        return self._row_of.get(int(index))
 
 
 def gallery_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None) -> Path:
@@ -72,7 +88,11 @@ def load_gallery(path: Path) -> Gallery | None:
         with np.load(path, allow_pickle=False) as data:
             emb = Embeddings(data["before"], data["after"], data["labels"])
             skipped = [str(s) for s in data["skipped"]] if "skipped" in data.files else []
-            return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path, skipped)
+            indices = data["indices"] if "indices" in data.files else None
+            if indices is None and skipped:
+                return None  # rows cannot be matched to dataset images: recompute
+            return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path, skipped,
+                           indices)
     except (OSError, KeyError, ValueError):
         return None  # damaged cache: recompute
 
@@ -148,7 +168,7 @@ class _Manifest:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
                 np.savez(fh, before=cat["before"], after=cat["after"], labels=cat["labels"], ids=ids,
-                         classes=np.array(dataset.classes), skipped=skipped_ids)
+                         classes=np.array(dataset.classes), skipped=skipped_ids, indices=cat["indices"])
 
         atomic_write(gallery, write)
         self.data.update(complete=True, skipped=skipped, shards={})
@@ -177,12 +197,25 @@ def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalData
     Images that cannot be decoded are skipped and listed (``Gallery.skipped`` and the manifest), never fatal.
     ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed (progress hooks, tests)."""
     path = gallery_file(card, dataset, root)
-    cached = None if recompute else load_gallery(path)
     main = distributed.is_main()
-    if cached is not None and len(cached.ids) + len(cached.skipped) == len(dataset):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Rank 0 holds the lock for the whole run (the other ranks of a torchrun job follow its decisions below).
+    with FileLock(str(path.with_name(f"{path.stem}.lock"))) if main else nullcontext():
+        return _gallery_locked(model, card, dataset, path, batch_size=batch_size, precision=precision,
+                               progress=progress, recompute=recompute, device=device, shard_size=shard_size,
+                               on_shard=on_shard)
+
+
+def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, path: Path, *, batch_size: int,
+                    precision: str, progress: bool, recompute: bool, device: str | torch.device | None,
+                    shard_size: int, on_shard: Callable[[int], None] | None) -> Gallery:
+    main = distributed.is_main()
+    cached = None if recompute else load_gallery(path)
+    complete = cached is not None and len(cached.ids) + len(cached.skipped) == len(dataset)
+    if distributed.broadcast_object(complete if main else None):  # rank 0 read it under the lock
         if main and _parts_dir(path).exists():  # left by a run killed after assembling the gallery
             shutil.rmtree(_parts_dir(path), ignore_errors=True)
-        return cached
+        return cached if main else load_gallery(path)
     if shard_size < 1:
         raise DatasetError(f"Shard size {shard_size} is not usable; use a positive number of images.")
     device = torch.device(device) if device is not None else _model_device(model)

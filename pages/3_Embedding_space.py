@@ -106,8 +106,9 @@ with map_cols[2]:
     shown = selection[:12]
     grid = st.columns(1 if len(shown) <= 2 else 2)
     for k, row in enumerate(shown):
-        grid[k % len(grid)].image(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, row),
-                                  caption=f"#{row} · {gallery.classes[int(labels[row])]}", width="stretch")
+        index = int(gallery.indices[row])  # the test image of this gallery row
+        grid[k % len(grid)].image(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, index),
+                                  caption=f"#{index} · {gallery.classes[int(labels[row])]}", width="stretch")
     if len(selection) > len(shown):
         st.caption(f"first {len(shown)} of {len(selection)} shown")
     if selection and st.button("Clear selection", key="emb.clear"):

@@ -18,12 +18,14 @@ if query is None:
     st.stop()
 gallery = ctx.gallery()
 labels = gallery.embeddings.labels
-if query.index is not None:
-    q = gallery.embeddings.after[query.index]
+# A test image is looked up in the gallery; an upload (or an image the gallery skipped) is embedded now.
+query_row = gallery.row_of(query.index) if query.index is not None else None
+if query_row is not None:
+    q = gallery.embeddings.after[query_row]
 else:
     with torch.no_grad():
         q = ctx.model.embed(query.image[None])[0].numpy()
-ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query.index)
+ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query_row)
 
 left, right = st.columns([1, 4])
 with left:
@@ -36,7 +38,7 @@ with left:
 with right:
     cols = st.columns(min(k, 6))
     for r, (row, score) in enumerate(zip(ranking.indices, ranking.scores)):
-        thumb = cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(row))
+        thumb = cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(gallery.indices[row]))
         if ranking.hits is not None:
             thumb = viz.frame(thumb, viz.HIT if ranking.hits[r] else viz.MISS)
         cols[r % len(cols)].image(thumb, caption=f"{r + 1}. {score:.3f} · {gallery.classes[int(labels[row])]}",
@@ -44,9 +46,9 @@ with right:
 
 st.subheader("Why this match?")
 rank = st.selectbox("Result", list(range(len(ranking.indices))), key="ret.why",
-                    format_func=lambda r: f"{r + 1}. #{int(ranking.indices[r])} (cosine {ranking.scores[r]:.3f})")
-row = int(ranking.indices[rank])
-result_image = ctx.image(row)
+                    format_func=lambda r: f"{r + 1}. #{int(gallery.indices[ranking.indices[r]])} "
+                                          f"(cosine {ranking.scores[r]:.3f})")
+result_image = ctx.image(int(gallery.indices[ranking.indices[rank]]))
 with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
     ref_result = ctx.model.embed(result_image[None])[0]
     ref_query = torch.tensor(np.asarray(q, np.float32))

@@ -45,20 +45,24 @@ m3.metric("Queries B helps", int(np.sum(delta > 0)))
 m4.metric("Queries B hurts", int(np.sum(delta < 0)))
 
 
-def _go_to(row: int) -> None:
-    """Make ``row`` the query (a button callback runs before the query picker is drawn)."""
+def _go_to(index: int) -> None:
+    """Make test image ``index`` the query (a button callback runs before the query picker is drawn)."""
     st.session_state["frpt.ab.class"] = ALL
-    st.session_state["frpt.ab.index"] = row
+    st.session_state["frpt.ab.index"] = index
 
 
 query = pick_image(ctx, "ab", allow_upload=False)
 k = st.slider("Top K", 1, 12, 8, key="ab.k")
-view = compare.side_by_side(ga.embeddings.after, gb.embeddings.after, labels, query.index, k, split.ap_a,
+query_row = ga.row_of(query.index)  # both galleries hold the same images in the same rows (split_mismatch)
+if query_row is None:
+    st.warning("This image could not be read when the galleries were embedded, so it has no ranking; pick another.")
+    st.stop()
+view = compare.side_by_side(ga.embeddings.after, gb.embeddings.after, labels, query_row, k, split.ap_a,
                             split.ap_b)
 
 left, right = st.columns([1, 5])
 with left:
-    st.image(viz.to_uint8(query.image), caption=f"query #{query.index} · {ga.classes[int(labels[query.index])]}",
+    st.image(viz.to_uint8(query.image), caption=f"query #{query.index} · {ga.classes[int(labels[query_row])]}",
              width="stretch")
     st.metric("AP under B", f"{view.ap_b:.3f}", f"{view.ap_delta:+.3f} against A")
     st.caption(f"AP under A: {view.ap_a:.3f}")
@@ -68,11 +72,12 @@ with right:
         st.markdown(f"**{tag}: {name}** · {int(top.hits.sum())}/{len(top.rows)} hits in the top {k}")
         cols = st.columns(k)
         for r, (row, score, hit) in enumerate(zip(top.rows, top.scores, top.hits)):
-            thumb = viz.frame(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(row)),
+            index = int(ga.indices[row])
+            thumb = viz.frame(cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, index),
                               viz.HIT if hit else viz.MISS)
             note = f" {mark}" if int(row) in changed else ""
             cols[r].image(thumb, width="stretch")
-            cols[r].caption(f"{r + 1}. #{int(row)} · {score:.3f}{note}")
+            cols[r].caption(f"{r + 1}. #{index} · {score:.3f}{note}")
 
 st.subheader("Where B differs most from A")
 st.caption("Per-query AP difference (B minus A) over every test query; click one to make it the query above.")
@@ -83,7 +88,7 @@ for col, title, rows in ((helps_col, "B helps most", split.helps(6)), (hurts_col
         if not len(rows):
             st.caption("none")
         for row in rows:
-            row = int(row)
-            st.button(f"#{row} · {ga.classes[int(labels[row])]} · AP {split.ap_a[row]:.2f} → {split.ap_b[row]:.2f} "
-                      f"({delta[row]:+.2f})", key=f"ab.go.{title}.{row}", on_click=_go_to, args=(row,),
+            row, index = int(row), int(ga.indices[row])
+            st.button(f"#{index} · {ga.classes[int(labels[row])]} · AP {split.ap_a[row]:.2f} → {split.ap_b[row]:.2f} "
+                      f"({delta[row]:+.2f})", key=f"ab.go.{title}.{index}", on_click=_go_to, args=(index,),
                       width="stretch")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,10 @@ def test_a_corrupt_image_is_skipped_and_listed(folder, checkpoint):
     assert gallery.ids == [s for s, _ in data.samples if s != bad]
     assert gallery.embeddings.after.shape[0] == 7 == len(gallery.embeddings.labels)
     assert list(gallery.embeddings.labels) == [y for s, y in data.samples if s != bad]
+    # after the skipped image, row r holds dataset image r + 1: the app looks images up through these
+    bad_index = [s for s, _ in data.samples].index(bad)
+    assert [data.samples[i][0] for i in gallery.indices] == gallery.ids
+    assert gallery.row_of(bad_index) is None and gallery.row_of(bad_index + 1) == bad_index
     manifest = json.loads(manifest_file(gallery.path).read_text())
     assert manifest["complete"] is True and [s["id"] for s in manifest["skipped"]] == [bad]
     assert "not a readable image" in manifest["skipped"][0]["reason"]
@@ -92,6 +97,7 @@ def test_a_corrupt_image_is_skipped_and_listed(folder, checkpoint):
     assert _embed(checkpoint, again, folder).ids == gallery.ids and again.reads == 0
     stored = load_gallery(gallery_file(load_checkpoint(checkpoint)[1], data, folder))
     np.testing.assert_array_equal(stored.embeddings.after, gallery.embeddings.after)
+    np.testing.assert_array_equal(stored.indices, gallery.indices)
 
 
 def test_an_interrupted_run_resumes_after_its_finished_shards(folder, checkpoint):
@@ -141,6 +147,37 @@ def test_a_damaged_shard_is_recomputed(folder, checkpoint):
     gallery = _embed(checkpoint, resumed, folder)
     assert resumed.reads == len(resumed) - SHARD  # shard 1 kept, shard 0 (damaged) redone
     assert len(gallery.ids) == 7
+
+
+class _Paced(_Counting):
+    """Signals its first read, then waits for ``go`` before each read: the run holds the gallery while it waits."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def __getitem__(self, i):
+        self.started.set()
+        self.go.wait(timeout=60)
+        return super().__getitem__(i)
+
+
+def test_a_second_run_on_the_same_gallery_waits_and_reuses_the_first(folder, checkpoint):
+    first = _Paced(_test_split(folder).inner)
+    results: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: results.setdefault("first", _embed(checkpoint, first, folder)))
+    worker.start()
+    assert first.started.wait(timeout=60)  # the first run is inside its first shard
+    second = _test_split(folder)
+    waiter = threading.Thread(target=lambda: results.setdefault("second", _embed(checkpoint, second, folder)))
+    waiter.start()
+    waiter.join(timeout=2)
+    assert waiter.is_alive() and second.reads == 0  # blocked on the first run's lock, not embedding on its own
+    first.go.set()
+    worker.join(timeout=120)
+    waiter.join(timeout=120)
+    assert second.reads == 0 and first.reads == len(first)  # the images were read once, by the first run
+    np.testing.assert_array_equal(results["second"].embeddings.after, results["first"].embeddings.after)
 
 
 def test_cli_embed_reports_skipped_images_in_one_line(folder, checkpoint):

@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     preset, variant = _resolve_preset(args)
     tcfg = train_config(preset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                         workers=args.workers, eval_every=args.eval_every, prompt_lr_scale=args.prompt_lr_scale,
-                        val_fraction=args.val_fraction, prompt_epochs=args.prompt_epochs, optimizer=args.optimizer)
+                        val_fraction=args.val_fraction, prompt_epochs=args.prompt_epochs, optimizer=args.optimizer,
+                        prompt_supervision=args.prompt_supervision)
     from .models.backbone import default_input_size
 
     size = args.input_size or default_input_size(args.backbone)
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, help="compact preset: share of the training classes held out "
                                                        "to choose epochs (default 0.2)")
     p.add_argument("--prompt-epochs", type=int, help="compact preset: epochs for the prompt before the head")
+    p.add_argument("--prompt-supervision", choices=("labels", "boxes"),
+                   help="compact preset: train the crop from class labels (default) or, a named departure, from the "
+                        "training images' boxes (datasets with boxes: cub, synthetic)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")

@@ -6,8 +6,9 @@ view (:mod:`frpt.feature_cache`) and every epoch after that costs seconds. The r
 1. Hold out the last ``val_fraction`` of the training classes as a validation split (never the test classes).
 2. Cache the final maps of the original and flipped training images.
 3. Prompt (variants with a DPP): train the crop prompt's saliency from class labels through a proxy, a
-   saliency-weighted GeM of the original map feeding a temporary cosine classifier. Keep it only if its crops
-   retrieve the validation classes better than the untrained (activation energy) saliency.
+   saliency-weighted GeM of the original map feeding a temporary cosine classifier (or, opted into by
+   ``prompt_supervision="boxes"``, by fitting the crop to the training images' boxes). Keep it only
+   if its crops retrieve the validation classes better than the untrained (activation energy) saliency.
 4. Cache the crop views with the chosen prompt.
 5. Head (CAH + GeM + BNNeck + classifier; variants with CAH or BNNeck): trained on every cached view, one epoch
    per pass over them, the epoch chosen by validation R@1 of the multi-view embedding; then retrained on all
@@ -94,18 +95,43 @@ class _CosineClassifier(nn.Module):
         return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
+def box_targets(dataset: Dataset, indices: np.ndarray, input_size: int) -> torch.Tensor:
+    """(N, 4) ground-truth boxes of ``dataset[indices]`` as (centre x, centre y, half-width, half-height) in the test
+    transform's output (the view the cached maps saw), in fractions of its side. Raises when the dataset has no
+    boxes."""
+    from .data import transform_box
+
+    box = getattr(dataset, "box", None)
+    out = []
+    for i in indices.tolist():
+        b = box(int(i)) if box is not None else None
+        if b is None:
+            raise CheckpointError("--prompt-supervision boxes needs a dataset with boxes (cub or synthetic); "
+                                  "train this one with --prompt-supervision labels.")
+        x, y, w, h = transform_box(b, dataset.load_image(int(i)).size, input_size)
+        out.append(((x + w / 2) / input_size, (y + h / 2) / input_size, w / 2 / input_size, h / 2 / input_size))
+    return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
+
+
 def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConfig, *,
-                 progress: bool = True) -> list[float]:
+                 boxes: torch.Tensor | None = None, progress: bool = True) -> list[float]:
     """Train the crop prompt's saliency on cached original/flipped maps of ``fit``; returns the loss per epoch.
 
-    Proxy objective: the saliency weights a GeM of the map, and a cosine classifier must tell the training
-    classes apart from it, so the saliency learns where class evidence lies (from labels only)."""
+    Proxy objective (``boxes`` None): the saliency weights a GeM of the map, and a cosine classifier must tell the
+    training classes apart from it, so the saliency learns where class evidence lies (from labels only). With
+    ``boxes`` (the fit images' ground-truth boxes, :func:`box_targets`), the crop is fitted to them instead: both the
+    saliency's mean and the crop's (clamped) centre are regressed onto the box centre, smooth L1; the flipped view's
+    box is mirrored."""
     prompt = model.prompt
     classes, targets = np.unique(cached.labels[fit], return_inverse=True)
     probe = _CosineClassifier(model.backbone.num_features, len(classes), cfg.seed)
     optimizer = torch.optim.Adam([{"params": prompt.parameters(), "lr": cfg.lr * cfg.prompt_lr_scale},
                                   {"params": probe.parameters(), "lr": cfg.lr}])
     views = [v for v in ("orig", "flip") if v in cached.maps]
+    if boxes is not None:
+        mirrored = boxes.clone()
+        mirrored[:, 0] = 1 - mirrored[:, 0]
+        view_boxes = {"orig": boxes, "flip": mirrored}
     samples = [(v, i) for v in views for i in range(len(fit))]
     losses = []
     for epoch in range(cfg.prompt_epochs):
@@ -115,8 +141,17 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
                           disable=not progress, leave=False):
             picks = [samples[k] for k in order[start:start + cfg.batch_size].tolist()]
             maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
-            y = torch.as_tensor(targets[[i for _, i in picks]])
-            loss = F.cross_entropy(probe(_weighted_gem(maps, prompt.saliency(maps))), y)
+            saliency = prompt.saliency(maps)
+            if boxes is not None:
+                target = torch.stack([view_boxes[v][i] for v, i in picks])
+                # The clamped box centre is what the crop uses, but a whole-image box (the untrained state) pins it
+                # at 0.5 with no gradient; the saliency's mean always has one, and pulling it to a corner also
+                # concentrates the saliency, which shrinks the box.
+                loss = (F.smooth_l1_loss(prompt.centre(saliency), target[:, :2], beta=0.05)
+                        + F.smooth_l1_loss(prompt.box(saliency)[:, :2], target[:, :2], beta=0.05))
+            else:
+                y = torch.as_tensor(targets[[i for _, i in picks]])
+                loss = F.cross_entropy(probe(_weighted_gem(maps, saliency)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -261,7 +296,8 @@ def _choose_prompt(model: FRPT, train_set: Dataset, train_maps: CachedSplit, fit
 
     untrained = copy.deepcopy(model.prompt.state_dict())
     scores = {"untrained": crop_score() if len(val) else 0.0}
-    losses = train_prompt(model, train_maps, fit, cfg, progress=kw["progress"])
+    boxes = box_targets(train_set, fit, model.config.input_size) if cfg.prompt_supervision == "boxes" else None
+    losses = train_prompt(model, train_maps, fit, cfg, boxes=boxes, progress=kw["progress"])
     scores["trained"] = crop_score() if len(val) else 0.0
     keep = "trained" if scores["trained"] > scores["untrained"] else "untrained"
     if keep == "untrained":

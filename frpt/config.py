@@ -34,7 +34,10 @@ COMPACT_DEPARTURES: dict[str, str] = {
                 "then the head, each on the cache, with the epoch chosen on a validation split of training classes",
     "head": "the CAH gate starts open (W_C ~ 1, so the untrained head equals PT) and trains with AdamW on cached maps",
     "loss": "cross-entropy with label smoothing 0.1",
+    "boxes": "opt-in only (--prompt-supervision boxes): the crop's centre is regressed onto the training images' "
+             "ground-truth boxes instead of being learned from class labels; the built-in demo uses it, no CUB row does",
 }
+PROMPT_SUPERVISION = ("labels", "boxes")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class TrainConfig:
     # the epoch, and the epochs given to the prompt before the head.
     val_fraction: float = 0.0
     prompt_epochs: int = 0
+    # What trains the compact crop prompt: "labels" (class labels only, through a proxy classifier) or "boxes"
+    # (a departure, named: the training images' part/object boxes supervise the crop's centre directly).
+    prompt_supervision: str = "labels"
 
 
 _PRESET_MODEL: dict[str, dict[str, Any]] = {
@@ -175,6 +181,9 @@ def train_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("prompt_supervision", "labels") not in PROMPT_SUPERVISION:
+        raise ConfigError(f"Unknown prompt supervision {given['prompt_supervision']!r}; choose one of "
+                          f"{', '.join(PROMPT_SUPERVISION)}.")
     return TrainConfig(**{**_PRESET_TRAIN[preset], **given})
 
 
@@ -187,4 +196,4 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
-__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "PROMPTS", "VIEWS", "COMPACT_DEPARTURES", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]
+__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "PROMPTS", "VIEWS", "COMPACT_DEPARTURES", "PROMPT_SUPERVISION", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]

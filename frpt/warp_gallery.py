@@ -17,7 +17,7 @@ import torch
 from . import viz
 from .data import transform_box
 from .data.base import Box, RetrievalDataset
-from .models import FRPT, focus_score
+from .models import FRPT, focus_score, identity_grid
 from .models.crop import CropPrompt
 
 SORT_KEYS = ("focus score", "peak zoom", "mean zoom", "class")
@@ -112,15 +112,9 @@ def warp_records(model: FRPT, dataset: RetrievalDataset, indices: Sequence[int],
                 if box is not None:
                     unit = viz.box_to_unit(box, (size, size))
                     record.focus = float(focus_score(grid, unit)[0])
-                    record.area_share = float(focus_score(_identity(size), unit)[0])
+                    record.area_share = float(focus_score(identity_grid(size, not crop), unit)[0])
             records.append(record)
     return records
-
-
-def _identity(size: int) -> torch.Tensor:
-    """The identity sampling grid (1, S, S, 2): the warp that changes nothing."""
-    lin = torch.linspace(-1, 1, size)
-    return torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1)[None]
 
 
 def sort_records(records: Sequence[WarpRecord], key: str) -> list[WarpRecord]:

@@ -12,6 +12,9 @@ st.markdown(
     "sub-categories apart, plus a *category-specific awareness head* that removes species-level appearance. "
     "The result is a retrieval embedding for unseen fine-grained classes at a fraction of the trainable parameters."
 )
+if (ctx.card.get("model") or {}).get("prompt") == "crop":
+    st.info("This checkpoint uses the compact preset's prompt: a rigid zoom on the saliency's box instead of the "
+            "published warp (see the Reproduction page and bench/RESULTS.md for why).")
 st.caption("Pick a checkpoint and a dataset in the sidebar; every page follows that choice.")
 
 st.subheader("Loaded checkpoint")
@@ -34,7 +37,7 @@ st.subheader("Pages")
 explore, retrieve, results = st.columns(3)
 with explore:
     st.markdown("**Explore**")
-    st.page_link("pages/1_Prompt_explorer.py", label="Prompt explorer: the DPP warp, step by step")
+    st.page_link("pages/1_Prompt_explorer.py", label="Prompt explorer: the prompt, step by step")
     st.page_link("pages/6_Warp_gallery.py", label="Warp gallery: the prompt on many images")
     st.page_link("pages/2_Attributions.py", label="Attributions: Grad-CAM, IG, the Fig. 4 view")
     st.page_link("pages/3_Embedding_space.py", label="Embedding space: UMAP before / after the head")

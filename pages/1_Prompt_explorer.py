@@ -7,8 +7,8 @@ from frpt.ui import cache, download_png, logic, pick_image, sidebar
 st.set_page_config(page_title="Prompt explorer · FRPT Studio", layout="wide")
 ctx = sidebar()
 st.title("Prompt explorer")
-st.caption("The discriminative perturbation prompt reads the frozen backbone's early features, predicts a saliency "
-           "map and resamples the image so that salient parts get more pixels (Eqs. 1-6).")
+words = logic.prompt_words(ctx.card)
+st.caption(words.explain)
 
 query = pick_image(ctx, "prompt")
 temperature = st.slider("Magnification strength (saliency temperature; display only, the model uses 1.0)",
@@ -28,8 +28,8 @@ if p.warped is None:
     st.stop()
 
 cols = st.columns(5)
-views = [("Original" + (" + ground-truth box" if query.box else ""), p.original), ("DPP-warped image", p.warped),
-         ("Saliency A (Eq. 2)", p.saliency), ("Deformed sampling grid", p.grid),
+views = [("Original" + (" + ground-truth box" if query.box else ""), p.original), (words.output, p.warped),
+         (words.saliency, p.saliency), ("Sampling grid", p.grid),
          (f"Local magnification (max ×{p.max_magnification:.1f})", p.magnification)]
 for col, (caption, picture) in zip(cols, views):
     col.image(picture, caption=caption, width="stretch")

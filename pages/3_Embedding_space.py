@@ -24,8 +24,9 @@ gallery = ctx.gallery()
 n, labels = len(gallery.ids), gallery.embeddings.labels
 BEFORE_AFTER, CHECKPOINTS = "Before / after the head", "Against another checkpoint"
 mode_col, points_col, colour_col = st.columns([2, 3, 2])
+same_map = logic.head_is_identity(ctx.card)  # before and after the head would be one map
 with mode_col:
-    mode = persistent("emb.mode", BEFORE_AFTER)
+    mode = persistent("emb.mode", CHECKPOINTS if same_map else BEFORE_AFTER)
     st.radio("Maps", [BEFORE_AFTER, CHECKPOINTS], **widget_args("emb.mode"))
 with points_col:
     steps = [k for k in (500, 1000, DEFAULT_MAP_POINTS, 5000, 10000) if k < n] + [n]
@@ -43,6 +44,9 @@ if any(c not in gallery.classes for c in focus):  # picked on another dataset
 st.multiselect("Highlight classes (the rest turn grey)", gallery.classes, **widget_args("emb.focus"),
                placeholder=f"all {len(gallery.classes)} classes")
 max_points = None if limit >= n else int(limit)
+if same_map and mode == BEFORE_AFTER:
+    st.info("This checkpoint's head leaves the embedding as it is (no trained head), so both maps are the same; "
+            "compare against another checkpoint (for example PT) to see what its prompt does.")
 
 # Panels: (key, title, checkpoint, which embedding, 2-D coordinates).
 coords = cache.gallery_map(ctx.checkpoint, ctx.dataset, ctx.root, max_points)

@@ -92,8 +92,27 @@ def test_checkpoint_card_summary_tells_a_bounded_dpp_from_the_published_one():
     from frpt.checkpoint import load_card
     from frpt.ui.logic import card_summary
 
-    bounded = card_summary(load_card(bundled_cub_checkpoints()["cub/paper-frpt"]))
-    published = card_summary(load_card(demo_checkpoint_dir("frpt")))
+    card = load_card(bundled_cub_checkpoints()["cub/paper-frpt"])
+    bounded = card_summary(card)
+    published = card_summary({**card, "model": {**card["model"], "saliency_bound": 0.0}})
     assert bounded["saliency bound"] == "2" and bounded["DPP lr scale"] == "0.0002"
     assert published["saliency bound"] == "none (as published)"
     assert "saliency bound" not in card_summary(load_card(demo_checkpoint_dir("pt")))
+    crop = card_summary(load_card(demo_checkpoint_dir("frpt")))  # the compact crop prompt
+    assert "saliency bound" not in crop and crop["prompt"].startswith("rigid crop")
+    assert crop["prompt trained on"] == "class labels"
+
+
+def test_the_embedding_page_knows_when_before_and_after_the_head_are_one_map():
+    from frpt.checkpoint import load_card
+    from frpt.demo import demo_checkpoint_dir
+    from frpt.ui.logic import head_is_identity
+
+    cub = bundled_cub_checkpoints()
+    assert head_is_identity(load_card(demo_checkpoint_dir("pt")))  # no head at all
+    assert head_is_identity(load_card(demo_checkpoint_dir("no-cah")))  # DPP + PT: no head either
+    assert not head_is_identity(load_card(cub["cub/compact-frpt"]))  # its CAH trained 3 epochs
+    assert not head_is_identity(load_card(cub["cub/paper-frpt"]))  # the published CAH (no identity init)
+    frpt = load_card(demo_checkpoint_dir("frpt"))
+    trained = {**frpt, "compact": {**frpt["compact"], "head_epochs": 2}}
+    assert head_is_identity(frpt) == (frpt["compact"]["head_epochs"] == 0) and not head_is_identity(trained)

@@ -81,6 +81,14 @@ def sampling_density(grid: torch.Tensor, bins: int = 32) -> torch.Tensor:
     return (counts / uniform).view(n, bins, bins)
 
 
+def identity_grid(size: int, align_corners: bool = True) -> torch.Tensor:
+    """The sampling grid (1, S, S, 2) that changes nothing, in the prompt's convention: the warp DPP's grid spans
+    [-1, 1] corner to corner (``align_corners=True``), the crop prompt's ``affine_grid`` reads pixel centres
+    (``False``). Its focus score is the box's share of the image."""
+    lin = torch.linspace(-1, 1, size) if align_corners else (torch.arange(size) * 2 + 1) / size - 1
+    return torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1)[None]
+
+
 def focus_score(grid: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
     """Share of the warped image's samples read from inside ``box`` = (x0, y0, x1, y1) in [-1, 1] coordinates.
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from .. import viz
 from ..config import DPP_VARIANTS
-from ..models import FRPT, focus_score, sampling_density
+from ..models import FRPT, focus_score, identity_grid, sampling_density
+from ..models.crop import CropPrompt
 
 
 # ---------------------------------------------------------------- prompt explorer
@@ -54,8 +55,8 @@ def prompt_panels(model: FRPT, image: torch.Tensor, box: tuple[float, float, flo
     if box is not None and box[2] > 0 and box[3] > 0:
         unit = viz.box_to_unit(box, (size, size))
         panels.focus = float(focus_score(prompt.grid, unit)[0])
-        ident = torch.stack(torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="xy"), -1)
-        panels.area_share = float(focus_score(ident[None], unit)[0])
+        crop = isinstance(model.prompt, CropPrompt)
+        panels.area_share = float(focus_score(identity_grid(size, align_corners=not crop), unit)[0])
     return panels
 
 
@@ -69,6 +70,27 @@ class Ranking:
     hits: np.ndarray | None      # (K,) bool, None for an unlabelled query
     average_precision: float | None
     recall_at: dict[int, float]  # K -> 1.0 if a same-class image is in the top K
+
+
+@dataclass(frozen=True)
+class PromptWords:
+    """How the app names a checkpoint's prompt: the published warp, or the compact preset's rigid crop."""
+
+    explain: str  # one sentence for a page caption
+    output: str   # label of the prompted image
+    saliency: str
+
+
+def prompt_words(card: dict[str, Any]) -> PromptWords:
+    """Captions that match the checkpoint's prompt (``model.prompt`` in its card: "warp" or "crop")."""
+    if (card.get("model") or {}).get("prompt") == "crop":
+        return PromptWords("The prompt (compact preset) reads the frozen backbone's final feature map, predicts a "
+                           "saliency map and zooms rigidly on its box (centre = saliency mean, size from its spread), "
+                           "so the part that tells classes apart gets more pixels without being bent.",
+                           "Prompt crop (rigid zoom)", "Saliency A (crop box from its mean and spread)")
+    return PromptWords("The discriminative perturbation prompt reads the frozen backbone's early features, predicts a "
+                       "saliency map and resamples the image so that salient parts get more pixels (Eqs. 1-6).",
+                       "DPP-warped image", "Saliency A (Eq. 2)")
 
 
 def rank_gallery(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: int,
@@ -215,6 +237,8 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         out["prompt"] = (f"rigid crop: mean +- {model.get('crop_std_scale'):g} std of the saliency, "
                          f"half-width {model.get('crop_min_half'):g}-{model.get('crop_max_half'):g}")
         out["prompt kept"] = (card.get("compact") or {}).get("prompt_kept", "-")
+        supervision = train.get("prompt_supervision", "labels")
+        out["prompt trained on"] = "boxes (named departure)" if supervision == "boxes" else "class labels"
     elif card.get("variant") in DPP_VARIANTS:  # the DPP stabilisers, so a bounded run is told apart
         out["DPP lr scale"] = f"{train.get('prompt_lr_scale', 1.0):g}"
         bound = model.get("saliency_bound", 0.0)
@@ -225,6 +249,19 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         out["learned parameters"] = f"{report['total']['learned']:,}"
         out["frozen parameters"] = f"{report['total']['frozen']:,}"
     return out
+
+
+def head_is_identity(card: dict[str, Any]) -> bool:
+    """Whether the embedding after the head equals the pooled features before it, so the Embedding space's
+    before/after maps are one map: no CAH and no BNNeck (PT, DPP+PT), or a compact CAH whose open gate (identity
+    init) was kept untrained because its validation split chose 0 epochs."""
+    model = card.get("model") or {}
+    variant = model.get("variant", card.get("variant"))
+    if variant == "finetune":
+        return False
+    if variant not in ("frpt", "pt+cah", "no-in"):
+        return not model.get("bnneck", False)
+    return bool(model.get("cah_identity_init")) and (card.get("compact") or {}).get("head_epochs") == 0
 
 
 def metrics_table(cards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -114,7 +114,6 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
     from frpt.gallery import gallery_embeddings, load_gallery
     from frpt.metrics import nearest_neighbour_hits
     from frpt.projection import DEFAULT_MAP_POINTS, gallery_umap, load_gallery_map, umap_file
-    from frpt.ui.cache import APP_PRECISION
 
     with tempfile.TemporaryDirectory(prefix="frpt-first-view-") as tmp:
         ckpt = Path(tmp) / "ckpt"
@@ -124,7 +123,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
         ds = build_dataset(dataset, "test", root=root, transform=build_transform(card["input_size"], train=False))
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        g = gallery_embeddings(model, card, ds, root=root, progress=False, precision=APP_PRECISION)
+        g = gallery_embeddings(model, card, ds, root=root, progress=False)
         gallery_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         points = DEFAULT_MAP_POINTS if len(g.ids) > DEFAULT_MAP_POINTS else None
@@ -139,7 +138,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
         load_gallery_map(umap_file(again, points), len(again.ids))
         warm_s = time.perf_counter() - t0
     return {"checkpoint": checkpoint, "dataset": dataset, "images": len(ds), "input_size": card["input_size"],
-            "views": card["model"].get("views", "orig"), "precision": resolve_precision(APP_PRECISION),
+            "views": card["model"].get("views", "orig"), "precision": resolve_precision("auto"),
             "load_s": round(load_s, 2), "gallery_s": round(gallery_s, 1), "umap_s": round(umap_s, 1),
             "nn_hits_s": round(hits_s, 2), "first_view_s": round(load_s + gallery_s + umap_s + hits_s, 1),
             "warm_read_s": round(warm_s, 3), "threads": torch.get_num_threads(),

@@ -189,12 +189,13 @@ def _model_device(model: FRPT) -> torch.device:
 
 
 def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, *,
-                       root: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "fp32",
+                       root: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
                        progress: bool = True, recompute: bool = False, device: str | torch.device | None = None,
                        shard_size: int = SHARD_SIZE, on_shard: Callable[[int], None] | None = None) -> Gallery:
     """Load the stored gallery embeddings, or compute them shard by shard (resuming a killed run) and store them.
 
     Images that cannot be decoded are skipped and listed (``Gallery.skipped`` and the manifest), never fatal.
+    ``precision`` "auto" (the app's and ``frpt embed``'s): bf16 autocast only where the CPU has it natively.
     ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed (progress hooks, tests)."""
     path = gallery_file(card, dataset, root)
     main = distributed.is_main()

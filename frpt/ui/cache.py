@@ -89,10 +89,6 @@ def _stored_gallery(path: str, mtime: float) -> Gallery:
     return found
 
 
-# As `python -m frpt embed` (whose galleries the app reads): bf16 autocast only where the CPU has it natively.
-APP_PRECISION = "auto"
-
-
 def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
     """Gallery embeddings of the test split: read from beside the checkpoint, or computed once with a bar."""
     net, card_ = model(ckpt, stamp(ckpt))
@@ -101,7 +97,7 @@ def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
     if not path.is_file():
         bar = st.progress(0.0, text=f"Embedding the {len(ds)} test images once (stored beside the checkpoint)...")
         wrapped = _Progress(ds, lambda k: bar.progress(k / len(ds), text=f"Embedding test images: {k}/{len(ds)}"))
-        gallery_embeddings(net, card_, wrapped, root=root, progress=False, precision=APP_PRECISION)
+        gallery_embeddings(net, card_, wrapped, root=root, progress=False)
         bar.empty()
     return _stored_gallery(str(path), path.stat().st_mtime)
 

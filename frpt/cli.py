@@ -188,6 +188,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import build_transform, open_image
+    from .evaluation import embed_images
     from .gallery import gallery_embeddings
     from .index import RetrievalIndex
 
@@ -197,8 +198,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     dataset = _dataset(args, "test", card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
                                  precision=args.precision, progress=not args.quiet)
-    with torch.no_grad():
-        q = model.embed(query.to(args.device)).float().cpu().numpy()
+    q = embed_images(model, query, precision=args.precision, device=args.device)  # as the gallery was
     scores, idx = RetrievalIndex(gallery.embeddings.after).search(q, args.k)
     labels = gallery.embeddings.labels
     results = [{"rank": r + 1, "path": gallery.ids[i], "label": int(labels[i]), "class": gallery.classes[labels[i]],

@@ -78,6 +78,16 @@ def _forward(model: FRPT, images: torch.Tensor, device: torch.device, precision:
     return out.pre_head.float().cpu(), out.embedding.float().cpu()
 
 
+def embed_images(model: FRPT, images: torch.Tensor, *, precision: str = "auto",
+                 device: str | torch.device | None = None) -> np.ndarray:
+    """Retrieval embeddings (N, D) of a batch of query images (N, 3, S, S) in [0, 1], computed exactly as a
+    gallery's (:func:`frpt.gallery.gallery_embeddings`, same ``precision``), so a query matches its own gallery
+    row at cosine ~1 whatever the CPU."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    with _inference(model, device):
+        return _forward(model, images, device, precision)[1].numpy()
+
+
 def _extract(model: FRPT, dataset: Dataset, batch_size: int, device: torch.device, precision: str, workers: int,
              progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

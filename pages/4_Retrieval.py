@@ -4,6 +4,7 @@ import streamlit as st
 import torch
 
 from frpt import explain, viz
+from frpt.evaluation import embed_images
 from frpt.ui import cache, logic, pick_image, sidebar
 
 st.set_page_config(page_title="Retrieval · FRPT Studio", layout="wide")
@@ -23,8 +24,7 @@ query_row = gallery.row_of(query.index) if query.index is not None else None
 if query_row is not None:
     q = gallery.embeddings.after[query_row]
 else:
-    with torch.no_grad():
-        q = ctx.model.embed(query.image[None])[0].numpy()
+    q = embed_images(ctx.model, query.image[None])[0]  # the gallery's precision
 ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query_row)
 
 left, right = st.columns([1, 4])

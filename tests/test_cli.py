@@ -30,7 +30,8 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
     log = (out / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,train_loss,lr,recall@1,seconds" and len(log) == 3
 
-    evaluated = last_json(frpt("evaluate", "--checkpoint", str(out), "--dataset", "synthetic"))
+    # fp32 as training's own evaluation: the default (auto) is bf16 on CPUs with native bf16, which moves R@1
+    evaluated = last_json(frpt("evaluate", "--checkpoint", str(out), "--dataset", "synthetic", "--precision", "fp32"))
     assert evaluated["queries"] == 240 and evaluated["preset"] == preset
     assert evaluated["recall@1"] == pytest.approx(trained["recall@1"])  # same checkpoint, same protocol
     for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"):
@@ -54,7 +55,7 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
     exported = last_json(frpt("export", "--checkpoint", str(out), "--out", str(shared)))
     assert exported["files"] == ["card.json", "log.csv", "model-e0002.safetensors"]  # no optimiser state
     assert (shared / "log.csv").read_text() == (out / "log.csv").read_text()
-    again = last_json(frpt("evaluate", "--checkpoint", str(shared), "--dataset", "synthetic"))
+    again = last_json(frpt("evaluate", "--checkpoint", str(shared), "--dataset", "synthetic", "--precision", "fp32"))
     assert again["recall@1"] == evaluated["recall@1"] and again["map@r"] == evaluated["map@r"]
     refused = frpt("export", "--checkpoint", str(out), "--out", str(shared), check=False)
     assert refused.returncode == 2 and "already exists" in refused.stderr and len(refused.stderr.splitlines()) == 1

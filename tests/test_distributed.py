@@ -105,7 +105,7 @@ def _worker(out: Path) -> None:
         _train(out / "crashed", resume=True)
         model, card = load_checkpoint(out / "two")
         _, test_set = _datasets()
-        gallery_embeddings(model, card, test_set, batch_size=2, shard_size=3, progress=False)
+        gallery_embeddings(model, card, test_set, batch_size=2, shard_size=3, progress=False, precision="fp32")
         metrics = evaluate(model, test_set, batch_size=3, progress=False)
         grads = _finetune_gradients()
         if distributed.is_main():
@@ -145,10 +145,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launched, tmp_p
     initial = _model().learned_state_dict()
     a, b = _tensors(tmp_path / "one"), _tensors(launched / "two")
     assert a.keys() == b.keys() and any(".running_var" in k for k in a)  # BatchNorm statistics are compared too
-    # Float tolerance: the frozen backbone's convolutions on batches of 4 and of 8 round differently (~1e-6).
+    # Float tolerance: the frozen backbone's convolutions on batches of 4 and of 8 round differently (~1e-6), and
+    # training carries that on. Measured worst on an AVX-512 CPU (whose kernels round more differently by batch
+    # than AVX2's): weights 8e-5, BatchNorm running statistics (averages of activations) 9e-4, relative to
+    # max(1, |tensor|); the bounds leave 5x room.
     diff = {name: (a[name].double() - b[name].double()).abs().max().item() for name in a}
+    rel = {name: diff[name] / max(1.0, a[name].abs().max().item()) for name in a}
     for name in a:
-        assert diff[name] <= 1e-4 * max(1.0, a[name].abs().max().item()), (name, diff[name])
+        assert rel[name] <= (5e-3 if ".running_" in name else 5e-4), (name, rel[name])
     for name in ("head.classifier.weight", "head.neck.running_mean"):  # real updates, far above the differences
         assert (a[name] - initial[name]).abs().max().item() > 100 * diff[name], name
     assert two["metrics"]["queries"] == one["metrics"]["queries"] == 16

@@ -88,7 +88,7 @@ for col, (key, title, ckpt, which, xy) in zip(map_cols, panels):
         hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which) \
             if colouring != "Class" else None
         fig = logic.umap_figure(xy, coords.indices, labels, gallery.classes, gallery.ids, title, selection,
-                                colors=colors, focus=focus, nn_hits=hits)
+                                colors=colors, focus=focus, nn_hits=hits, indices=gallery.indices)
         st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"emb.chart.{key}",
                         width="stretch")
         stats = cache.embedding_stats(ckpt, ctx.dataset, ctx.root, max_points, which)

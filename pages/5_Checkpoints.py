@@ -51,5 +51,5 @@ if st.toggle("Show both UMAPs (after the head) on the current dataset", key="ckp
             except FRPTError as exc:
                 st.error(str(exc))
                 continue
-            fig = logic.umap_figure(m.after, m.indices, g.embeddings.labels, g.classes, g.ids, name)
+            fig = logic.umap_figure(m.after, m.indices, g.embeddings.labels, g.classes, g.ids, name, indices=g.indices)
             st.plotly_chart(fig, key=f"ckpt.umap.{name}", width="stretch")

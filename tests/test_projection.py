@@ -104,7 +104,11 @@ def test_umap_figure_legend_only_for_few_classes_and_hover_names_class_index_and
     first = few.data[0]
     row = _rows_of(first)[0]
     assert first.customdata[0][1] == classes[labels[row]] and first.customdata[0][2] == f"img{row}.jpg"
-    assert "customdata[1]" in first.hovertemplate and "customdata[0]" in first.hovertemplate
+    assert "customdata[1]" in first.hovertemplate and "customdata[4]" in first.hovertemplate
+    assert int(first.customdata[0][4]) == row  # without indices the hover shows the row itself
+    # after a skipped image, rows and test-image numbers part: hover shows the number, selection keeps the row
+    shifted = umap_figure(coords, rows, labels, classes, ids, "shifted", indices=np.arange(len(ids)) + 1).data[0]
+    assert int(shifted.customdata[0][0]) == row and int(shifted.customdata[0][4]) == row + 1
     # every point's coordinates follow its gallery row
     point = int(np.flatnonzero(rows == row)[0])
     assert (first.x[0], first.y[0]) == (coords[point, 0], coords[point, 1])

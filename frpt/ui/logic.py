@@ -154,14 +154,16 @@ def class_colors(classes: list[str]) -> dict[str, str]:
 
 def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: list[str], ids: list[str],
                 title: str, highlight: list[int] | None = None, *, colors: dict[str, str] | None = None,
-                focus: list[str] | None = None, nn_hits: np.ndarray | None = None):
+                focus: list[str] | None = None, nn_hits: np.ndarray | None = None,
+                indices: np.ndarray | None = None):
     """Plotly scatter of 2-D coordinates (point i is gallery row ``rows[i]``).
 
     Coloured by class (``colors``, default :func:`class_colors`, so several maps can share one mapping) or, with
     ``nn_hits`` (a bool per *gallery row*), by whether the point's nearest neighbour is a hit. ``focus`` (class
     names) keeps those classes coloured and greys out the rest. ``highlight`` (gallery rows) rings selected points.
     No legend above :data:`LEGEND_MAX_CLASSES` classes. ``custom_data`` carries the gallery row, class and id, so a
-    selection maps back to an image whatever trace it falls in (plotly.py#3976)."""
+    selection maps back to an image whatever trace it falls in (plotly.py#3976). Hover shows each point's
+    test-image number from ``indices`` (the gallery's dataset index per row; default the row itself)."""
     import plotly.graph_objects as go
 
     rows = np.asarray(rows).astype(int)
@@ -172,13 +174,14 @@ def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classe
     focus_set = set(focus or [])
     in_focus = np.isin(names, list(focus_set)) if focus_set else np.ones(len(rows), bool)
     scatter = go.Scattergl if len(rows) > 1000 else go.Scatter
-    hover = "<b>%{customdata[1]}</b><br>#%{customdata[0]} · %{customdata[2]}"
+    numbers = rows if indices is None else np.asarray(indices).astype(int)[rows]  # test-image numbers
+    hover = "<b>%{customdata[1]}</b><br>#%{customdata[4]} · %{customdata[2]}"
     hover += "<br>nearest neighbour: %{customdata[3]}" if nn is not None else ""
     status = np.array(["n/a"] * len(rows), dtype=object) if nn is None else \
         np.where(nn, "same class (hit)", "other class (miss)").astype(object)
 
     def trace(mask: np.ndarray, name: str, color: str, size: float, legend: bool):
-        custom = np.stack([rows[mask], names[mask], files[mask], status[mask]], axis=1)
+        custom = np.stack([rows[mask], names[mask], files[mask], status[mask], numbers[mask]], axis=1)
         return scatter(x=coords[mask, 0], y=coords[mask, 1], mode="markers", name=name, customdata=custom,
                        marker={"size": size, "color": color, "opacity": 0.9}, showlegend=legend,
                        hovertemplate=hover + "<extra></extra>")

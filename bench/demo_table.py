@@ -6,8 +6,8 @@ Re-evaluates the three shipped demos (assets/demo: pt, no-cah, frpt) live on the
 two rows the app does not ship with the same recipe (frpt.demo.train_demo): PT+CAH, and FRPT whose crop centre is
 regressed onto the training markers' boxes (the compact preset's named departure, --prompt-supervision boxes), and
 measures each prompt's focus on the marker: the share of the prompted image read from inside the marker's box,
-against the box's share of the image (the identity prompt). Prints a Markdown table and one JSON line; --record also writes
-them to bench/demo_results.json.
+against the box's share of the image (the identity prompt). Prints a Markdown table and one JSON line; --record
+also writes them to bench/demo_results.json.
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ COMPACT_DEPARTURES: dict[str, str] = {
     "head": "the CAH gate starts open (W_C ~ 1, so the untrained head equals PT) and trains with AdamW on cached maps",
     "loss": "cross-entropy with label smoothing 0.1",
     "boxes": "opt-in only (--prompt-supervision boxes): the crop's centre is regressed onto the training images' "
-             "ground-truth boxes instead of being learned from class labels; the built-in demo uses it, no CUB row does",
+             "ground-truth boxes instead of being learned from class labels; no shipped checkpoint uses it",
 }
 PROMPT_SUPERVISION = ("labels", "boxes")
 

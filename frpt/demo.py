@@ -29,6 +29,7 @@ import torch
 from .checkpoint import load_card, save_checkpoint
 from .config import TrainConfig, from_dict, model_config, train_config
 from .data import build_dataset, build_transform
+from .models import build_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
 INPUT_SIZE = 256
@@ -67,8 +68,6 @@ def named_checkpoints() -> dict[str, Path]:
 
 
 def _demo_model(variant: str, num_classes: int):
-    from .models import build_model
-
     torch.manual_seed(SEED)
     return build_model(model_config("compact", variant, num_classes=num_classes, input_size=INPUT_SIZE))
 
@@ -101,8 +100,8 @@ def build_demo(name: str, *, progress: bool = True, feature_cache: str | Path | 
         dest = demo_checkpoint_dir(name)
         if dest.exists():
             shutil.rmtree(dest)
-        save_checkpoint(dest, model, classes=card["classes"], dataset=DATASET, train=from_dict(TrainConfig, card["train"]),
-                        epoch=card["epoch"], metrics=card["metrics"],
+        save_checkpoint(dest, model, classes=card["classes"], dataset=DATASET,
+                        train=from_dict(TrainConfig, card["train"]), epoch=card["epoch"], metrics=card["metrics"],
                         extra={"demo": name, "rebuild": REBUILD_COMMAND, "compact": card["compact"],
                                "train_images_per_class": TRAIN_IMAGES_PER_CLASS})
     return load_card(dest)

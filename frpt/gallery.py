@@ -52,17 +52,18 @@ class Gallery:
     classes: list[str]    # class names; labels index into this
     path: Path
     skipped: list[str] = field(default_factory=list)  # ids of images that could not be decoded (no row)
-    # dataset index of each row; differs from the row number after the first skipped image
+    # dataset index of each row, ascending (shards are assembled in order); differs from the row number after the
+    # first skipped image
     indices: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.indices is None:
             self.indices = np.arange(len(self.ids), dtype=np.int64)
-        self._row_of = {int(i): r for r, i in enumerate(self.indices)}
 
     def row_of(self, index: int) -> int | None:
         """The row holding dataset image ``index``, or None where that image was skipped."""
-        return self._row_of.get(int(index))
+        row = int(np.searchsorted(self.indices, index))
+        return row if row < len(self.indices) and self.indices[row] == index else None
 
 
 def gallery_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None) -> Path:
@@ -211,7 +212,7 @@ def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset
                     precision: str, progress: bool, recompute: bool, device: str | torch.device | None,
                     shard_size: int, on_shard: Callable[[int], None] | None) -> Gallery:
     main = distributed.is_main()
-    cached = None if recompute else load_gallery(path)
+    cached = None if recompute or not main else load_gallery(path)
     complete = cached is not None and len(cached.ids) + len(cached.skipped) == len(dataset)
     if distributed.broadcast_object(complete if main else None):  # rank 0 read it under the lock
         if main and _parts_dir(path).exists():  # left by a run killed after assembling the gallery

@@ -12,7 +12,7 @@ st.markdown(
     "sub-categories apart, plus a *category-specific awareness head* that removes species-level appearance. "
     "The result is a retrieval embedding for unseen fine-grained classes at a fraction of the trainable parameters."
 )
-if (ctx.card.get("model") or {}).get("prompt") == "crop":
+if logic.prompt_words(ctx.card).kind == "crop":
     st.info("This checkpoint uses the compact preset's prompt: a rigid zoom on the saliency's box instead of the "
             "published warp (see the Reproduction page and bench/RESULTS.md for why).")
 st.caption("Pick a checkpoint and a dataset in the sidebar; every page follows that choice.")

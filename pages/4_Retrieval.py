@@ -58,6 +58,5 @@ with st.spinner("Attributing the similarity..."):
 a, b, _, _ = st.columns(4)
 a.image(viz.heatmap_overlay(query.image, on_query), caption="query: what resembles the result", width="stretch")
 b.image(viz.heatmap_overlay(result_image, on_result), caption="result: what resembles the query", width="stretch")
-through = "" if ctx.model.prompt is None else \
-    f", carried back through the prompt's {'crop' if (ctx.card.get('model') or {}).get('prompt') == 'crop' else 'warp'}"
+through = "" if ctx.model.prompt is None else f", carried back through the prompt's {logic.prompt_words(ctx.card).kind}"
 st.caption(f"Grad-CAM of the cosine similarity to the other image's embedding{through}.")

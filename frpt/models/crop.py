@@ -42,31 +42,29 @@ class CropPrompt(nn.Module):
         return energy / energy.sum(dim=(2, 3), keepdim=True)
 
     @staticmethod
-    def _marginals(saliency: torch.Tensor):
+    def _moments(saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of the saliency along x and along y, in image fractions: (mx, my, sx, sy)."""
         p = saliency[:, 0]
         h, w = p.shape[-2:]
         xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w
         ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
-        return p.sum(1), p.sum(2), xs, ys
+        px, py = p.sum(1), p.sum(2)
+        mx, my = (px * xs).sum(1), (py * ys).sum(1)
+        sx = (px * (xs - mx[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
+        sy = (py * (ys - my[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
+        return mx, my, sx, sy
 
     def centre(self, saliency: torch.Tensor) -> torch.Tensor:
         """(N, 2): the saliency's mean (x, y) in image fractions, before the box is kept inside the image (so its
         gradient never vanishes, unlike the clamped box centre of a whole-image crop)."""
-        px, py, xs, ys = self._marginals(saliency)
-        return torch.stack([(px * xs).sum(1), (py * ys).sum(1)], dim=1)
-
-    def spread(self, saliency: torch.Tensor) -> torch.Tensor:
-        """(N, 2): the box's half-width and half-height before clamping, ``std_scale * std * (1 + margin)``."""
-        px, py, xs, ys = self._marginals(saliency)
-        mx, my = self.centre(saliency).unbind(1)
-        sx = (px * (xs - mx[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
-        sy = (py * (ys - my[:, None]) ** 2).sum(1).clamp(min=1e-12).sqrt()
-        return self.std_scale * torch.stack([sx, sy], dim=1) * (1 + self.margin)
+        mx, my, _, _ = self._moments(saliency)
+        return torch.stack([mx, my], dim=1)
 
     def box(self, saliency: torch.Tensor) -> torch.Tensor:
         """(N, 4): centre x, centre y, half-width, half-height, in fractions of the image side."""
-        mx, my = self.centre(saliency).unbind(1)
-        half_x, half_y = self.spread(saliency).clamp(self.min_half, self.max_half).unbind(1)
+        mx, my, sx, sy = self._moments(saliency)
+        half_x = (self.std_scale * sx * (1 + self.margin)).clamp(self.min_half, self.max_half)
+        half_y = (self.std_scale * sy * (1 + self.margin)).clamp(self.min_half, self.max_half)
         # torch.clamp with tensor bounds keeps the gradient to the centre while the box is inside the image.
         cx = torch.minimum(torch.maximum(mx, half_x), 1 - half_x)
         cy = torch.minimum(torch.maximum(my, half_y), 1 - half_y)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import viz
-from ..config import DPP_VARIANTS
+from ..config import DPP_VARIANTS, ModelConfig, from_dict
 from ..models import FRPT, focus_score, identity_grid, sampling_density
 from ..models.crop import CropPrompt
 
@@ -76,6 +76,7 @@ class Ranking:
 class PromptWords:
     """How the app names a checkpoint's prompt: the published warp, or the compact preset's rigid crop."""
 
+    kind: str     # "crop" or "warp" (PROMPTS)
     explain: str  # one sentence for a page caption
     output: str   # label of the prompted image
     saliency: str
@@ -84,11 +85,11 @@ class PromptWords:
 def prompt_words(card: dict[str, Any]) -> PromptWords:
     """Captions that match the checkpoint's prompt (``model.prompt`` in its card: "warp" or "crop")."""
     if (card.get("model") or {}).get("prompt") == "crop":
-        return PromptWords("The prompt (compact preset) reads the frozen backbone's final feature map, predicts a "
+        return PromptWords("crop", "The prompt (compact preset) reads the frozen backbone's final feature map, predicts a "
                            "saliency map and zooms rigidly on its box (centre = saliency mean, size from its spread), "
                            "so the part that tells classes apart gets more pixels without being bent.",
                            "Prompt crop (rigid zoom)", "Saliency A (crop box from its mean and spread)")
-    return PromptWords("The discriminative perturbation prompt reads the frozen backbone's early features, predicts a "
+    return PromptWords("warp", "The discriminative perturbation prompt reads the frozen backbone's early features, predicts a "
                        "saliency map and resamples the image so that salient parts get more pixels (Eqs. 1-6).",
                        "DPP-warped image", "Saliency A (Eq. 2)")
 
@@ -258,13 +259,12 @@ def head_is_identity(card: dict[str, Any]) -> bool:
     """Whether the embedding after the head equals the pooled features before it, so the Embedding space's
     before/after maps are one map: no CAH and no BNNeck (PT, DPP+PT), or a compact CAH whose open gate (identity
     init) was kept untrained because its validation split chose 0 epochs."""
-    model = card.get("model") or {}
-    variant = model.get("variant", card.get("variant"))
-    if variant == "finetune":
+    config = from_dict(ModelConfig, card["model"])
+    if config.finetune:
         return False
-    if variant not in ("frpt", "pt+cah", "no-in"):
-        return not model.get("bnneck", False)
-    return bool(model.get("cah_identity_init")) and (card.get("compact") or {}).get("head_epochs") == 0
+    if not config.use_cah:
+        return not config.bnneck
+    return config.cah_identity_init and (card.get("compact") or {}).get("head_epochs") == 0
 
 
 def metrics_table(cards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ Profiles:
           every 4 epochs; paper lr 1e-2. For a few rows at a time (20-40 min each on 2 cores).
   full    paper settings: 224 px, each preset's epochs/batch/lr (500 epochs), test R@1 every 10 epochs.
           For a GPU or an overnight run.
+  short   the full profile's settings (224 px, each preset's batch, lr and schedule) for ``--epochs E`` epochs
+          instead of 500: what a lent GPU's minutes allow (bench/gpu_session.py chooses E from a timed probe).
   compact the compact preset (ours, frpt/compact.py) at 224 px with its own settings: every row trains on one
           shared feature cache (runs/ablation/compact/features), so only the first rows pay for the backbone
           passes; each record keeps the seconds that went into caching (train_cache_seconds).
@@ -66,6 +68,8 @@ PROFILES: dict[str, dict] = {
                "lr": {"paper": 1e-2, "official": None}},
     "full": {"input_size": 224, "epochs": None, "limit_batches": None, "batch_size": None, "eval_every": 10,
              "lr": {"paper": None, "official": None}},
+    "short": {"input_size": 224, "epochs": None, "limit_batches": None, "batch_size": None, "eval_every": 0,
+              "lr": {"paper": None, "official": None}},
     "compact": {"input_size": 224},
 }
 # Compact rows in the order that fills the shared cache best (pt: original + flip maps; dpp+pt: the prompt and
@@ -101,7 +105,7 @@ def run_json(cmd: list[str], log: Path) -> tuple[dict, float]:
     started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as err:
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU_SECONDS[show(cmd)] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
@@ -118,8 +122,21 @@ def cached(path: Path, command: str) -> dict | None:
     return None
 
 
-def data_args(root: str, size: int, threads: int) -> list[str]:
-    return ["--dataset", "cub", "--root", root, "--input-size", str(size), "--threads", str(threads), "--quiet"]
+def data_args(root: str, size: int, threads: int, workers: int = 0) -> list[str]:
+    loading = ["--workers", str(workers)] if workers else []  # 0 (the default) keeps the recorded CPU commands
+    return ["--dataset", "cub", "--root", root, "--input-size", str(size), "--threads", str(threads), *loading,
+            "--quiet"]
+
+
+def machine() -> str:
+    """What ran the rows: the CPU count and torch threads, and the GPU where one is visible (nvidia-smi)."""
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        gpus = []
+    gpu = ", ".join(g.strip() for g in gpus if g.strip())
+    return f"{platform.machine()} {os.cpu_count()} CPU" + (f", {gpu}" if gpu else "")
 
 
 def learned_params(preset: str, variant: str, backbone: str) -> int:
@@ -138,7 +155,7 @@ def pt_row(args: argparse.Namespace, prof: dict) -> dict:
     size = prof["input_size"]
     folder = Path(args.out) / args.profile / f"pt-{size}"
     cmd = frpt_cmd("evaluate", "--preset", "pt", "--backbone", args.backbone,
-                   *data_args(args.root, size, args.threads))
+                   *data_args(args.root, size, args.threads, args.workers))
     got = cached(folder / "eval.json", show(cmd))
     if got is None:
         metrics, seconds = run_json(cmd, folder / "eval.log")
@@ -177,7 +194,7 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
     folder = Path(args.out) / args.profile / name
     ckpt = folder / "checkpoint"
     train = frpt_cmd("train", "--preset", preset, "--variant", variant, "--backbone", args.backbone,
-                     *data_args(args.root, size, args.threads), "--out", str(ckpt), "--seed", str(args.seed),
+                     *data_args(args.root, size, args.threads, args.workers), "--out", str(ckpt), "--seed", str(args.seed),
                      *DPP_SETTINGS[dpp])
     for flag, key in (("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--limit-batches", "limit_batches"),
                       ("--eval-every", "eval_every")):
@@ -191,7 +208,7 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
         # frpt train always evaluates the last epoch on the test split with the same code as frpt evaluate.
         metrics, eval_cmd, eval_seconds = card["metrics"], "(final evaluation inside the train command)", None
     else:
-        ev = frpt_cmd("evaluate", "--checkpoint", str(ckpt), *data_args(args.root, size, args.threads))
+        ev = frpt_cmd("evaluate", "--checkpoint", str(ckpt), *data_args(args.root, size, args.threads, args.workers))
         done = cached(folder / "eval.json", show(ev))
         if done is None:
             metrics, seconds = run_json(ev, folder / "eval.log")
@@ -221,7 +238,7 @@ def compact_row(args: argparse.Namespace, variant: str) -> dict:
     folder = Path(args.out) / "compact" / variant
     ckpt = folder / "checkpoint"
     cmd = frpt_cmd("train", "--preset", "compact", "--variant", variant, "--backbone", args.backbone,
-                   *data_args(args.root, 224, args.threads), "--out", str(ckpt), "--seed", str(args.seed),
+                   *data_args(args.root, 224, args.threads, args.workers), "--out", str(ckpt), "--seed", str(args.seed),
                    "--feature-cache", str(Path(args.out) / "compact" / "features"))
     if variant == "finetune":  # the same wall-clock budget as the FRPT row (bench/RESULTS.md says how it was set)
         cmd += ["--epochs", str(args.finetune_epochs), "--lr", "0.01", "--batch-size", "32", "--optimizer", "sgd"]
@@ -250,7 +267,7 @@ def record(args: argparse.Namespace, preset: str, variant: str, metrics: dict, s
         "nmi": metrics.get("nmi"), "paper_r50_recall@1": PAPER_R1[variant], "commit": git_commit(),
         "command": command,
         "eval_command": eval_command, "eval_seconds": eval_seconds,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU, torch threads {args.threads}",
+        "machine": f"{machine()}, torch threads {args.threads}", **({"data_copy": args.data_copy} if args.data_copy else {}),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -329,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--input-size", type=int, help="override the profile's input size")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes per command (0: in the main one)")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs (required by --profile short)")
+    p.add_argument("--data-copy", help="recorded with each row when --root is not the original CUB files "
+                                       "(e.g. the WebP copy of bench/pack_cub.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-repro", action="store_true", help="run the PT evaluation twice and compare the JSON")
     p.add_argument("--dpp", nargs="+", choices=tuple(DPP_SETTINGS), default=["published", "bounded"],
@@ -355,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.chdir(REPO)  # recorded commands name paths relative to the repository, never one machine's absolute folder
     prof = dict(PROFILES[args.profile])
+    if args.epochs:
+        prof["epochs"] = args.epochs
+    elif args.profile == "short":
+        p.error("--profile short needs --epochs")
     if args.input_size:
         prof["input_size"] = args.input_size
     presets = PRESETS if args.preset == "both" else (args.preset,)

@@ -145,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, card = _model_from_args(args)
     test_set = _dataset(args, "test", args.input_size or card["input_size"])
     metrics = evaluate(model, test_set, batch_size=args.batch_size or 64, device=args.device,
-                       precision=args.precision, progress=not args.quiet)
+                       precision=args.precision, workers=args.workers, progress=not args.quiet)
     _emit({"dataset": args.dataset, "preset": card["preset"], "variant": card["variant"],
            "backbone": model.config.backbone, "input_size": card["input_size"], "precision": args.precision, **metrics})
     return 0
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="squash the DPP's saliency logits to (-B, B) so its softmax cannot turn one-hot "
                         "(default 0: unbounded, as published)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes (training and evaluation)")
     p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--limit-batches", type=int, help="cap batches per epoch (smoke runs)")
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")
     _add_data_args(p); _add_model_args(p, preset_required=True); _add_runtime_args(p)  # noqa: E702
     p.add_argument("--checkpoint")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("embed", help="store gallery embeddings (and UMAP) beside a checkpoint")

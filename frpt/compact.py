@@ -64,12 +64,13 @@ def embed_cached(model: FRPT, maps: dict[str, np.ndarray], index: np.ndarray, ba
     """The model's embedding of images ``index`` from their cached per-view maps (as :meth:`FRPT.embed_maps`)."""
     was_training = model.training
     model.eval()
+    device = model.pixel_mean.device
     out = []
     try:
         for start in range(0, len(index), batch_size):
             rows = index[start:start + batch_size]
-            batch = {v: torch.from_numpy(np.asarray(m[rows], dtype=np.float32)) for v, m in maps.items()}
-            out.append(model.embed_maps(batch)[0].float())
+            batch = {v: torch.from_numpy(np.asarray(m[rows], dtype=np.float32)).to(device) for v, m in maps.items()}
+            out.append(model.embed_maps(batch)[0].float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
@@ -113,6 +114,13 @@ def box_targets(dataset: Dataset, indices: np.ndarray, input_size: int) -> torch
     return torch.tensor(out, dtype=torch.float32).reshape(-1, 4)
 
 
+def _batch_maps(cached: CachedSplit, fit: np.ndarray, picks: list[tuple[str, int]], device: torch.device
+                ) -> torch.Tensor:
+    """The cached maps of ``picks`` ((view, position in ``fit``) pairs) as one float32 batch on ``device``."""
+    batch = np.stack([cached.maps[v][fit[i]] for v, i in picks])
+    return torch.from_numpy(batch).to(device).float()  # fp16 on disk: move, then widen
+
+
 def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConfig, *,
                  boxes: torch.Tensor | None = None, progress: bool = True) -> list[float]:
     """Train the crop prompt's saliency on cached original/flipped maps of ``fit``; returns the loss per epoch.
@@ -122,13 +130,14 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
     ``boxes`` (the fit images' ground-truth boxes, :func:`box_targets`), the crop is fitted to them instead: both the
     saliency's mean and the crop's (clamped) centre are regressed onto the box centre, smooth L1; the flipped view's
     box is mirrored."""
-    prompt = model.prompt
+    prompt, device = model.prompt, model.pixel_mean.device
     classes, targets = np.unique(cached.labels[fit], return_inverse=True)
-    probe = _CosineClassifier(model.backbone.num_features, len(classes), cfg.seed)
+    probe = _CosineClassifier(model.backbone.num_features, len(classes), cfg.seed).to(device)
     optimizer = torch.optim.Adam([{"params": prompt.parameters(), "lr": cfg.lr * cfg.prompt_lr_scale},
                                   {"params": probe.parameters(), "lr": cfg.lr}])
     views = [v for v in ("orig", "flip") if v in cached.maps]
     if boxes is not None:
+        boxes = boxes.to(device)
         mirrored = boxes.clone()
         mirrored[:, 0] = 1 - mirrored[:, 0]
         view_boxes = {"orig": boxes, "flip": mirrored}
@@ -140,7 +149,7 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
         for start in tqdm(range(0, len(samples), cfg.batch_size), desc=f"prompt {epoch + 1}/{cfg.prompt_epochs}",
                           disable=not progress, leave=False):
             picks = [samples[k] for k in order[start:start + cfg.batch_size].tolist()]
-            maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
+            maps = _batch_maps(cached, fit, picks, device)
             saliency = prompt.saliency(maps)
             if boxes is not None:
                 target = torch.stack([view_boxes[v][i] for v, i in picks])
@@ -150,7 +159,7 @@ def train_prompt(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainCo
                 loss = (F.smooth_l1_loss(prompt.centre(saliency), target[:, :2], beta=0.05)
                         + F.smooth_l1_loss(prompt.box(saliency)[:, :2], target[:, :2], beta=0.05))
             else:
-                y = torch.as_tensor(targets[[i for _, i in picks]])
+                y = torch.as_tensor(targets[[i for _, i in picks]], device=device)
                 loss = F.cross_entropy(probe(_weighted_gem(maps, saliency)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,6 +177,7 @@ def train_head(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConf
     from .training import build_optimizer, lr_at
 
     classes, targets = np.unique(cached.labels[fit], return_inverse=True)
+    device = model.pixel_mean.device
     optimizer = build_optimizer(model, cfg)
     views = list(cached.maps)
     samples = [(v, i) for v in views for i in range(len(fit))]
@@ -188,8 +198,8 @@ def train_head(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConf
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             picks = [samples[k] for k in order[step * cfg.batch_size:(step + 1) * cfg.batch_size].tolist()]
-            maps = torch.from_numpy(np.stack([cached.maps[v][fit[i]] for v, i in picks]).astype(np.float32))
-            y = torch.as_tensor(targets[[i for _, i in picks]])
+            maps = _batch_maps(cached, fit, picks, device)
+            y = torch.as_tensor(targets[[i for _, i in picks]], device=device)
             refined = model.cah(maps) if model.cah is not None else maps
             _, logits = model.head(refined)
             loss = cross_entropy(logits[:, :len(classes)], y, cfg.label_smoothing)

@@ -204,7 +204,8 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         raise CheckpointError(f"The training split has {len(train_set)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size.")
     if not model.config.trainable or start_epoch >= cfg.epochs:
-        metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=progress) if test_set else {}
+        metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, workers=cfg.workers,
+                           progress=progress) if test_set else {}
         if main:
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=start_epoch,
                             metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
@@ -247,7 +248,8 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         metrics: dict[str, Any] = {}
         last = done == cfg.epochs
         if test_set is not None and (last or (cfg.eval_every and done % cfg.eval_every == 0)):
-            metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, progress=False)
+            metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, workers=cfg.workers,
+                               progress=False)
         rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
                      "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
         if main:

@@ -108,3 +108,19 @@ def test_saliency_bound_keeps_huge_logits_from_collapsing_the_warp(bound):
         cap = math.exp(2 * bound) / (math.exp(2 * bound) + 960)
         assert (top <= cap + 1e-6).all() and spread > 0.3
         assert torch.allclose(out.saliency.sum((1, 2, 3)), torch.ones(2))
+
+
+def test_grid_stays_finite_under_fp16_autocast():
+    """A saliency peaked in a corner leaves ~1e-13 of Gaussian-weighted mass at the far corner: fp16 flushes it to 0
+    and the weighted mean became 0 / 0 (NaN losses training the paper preset on a GPU). The grid is computed in
+    fp32 whatever the autocast."""
+    sampler = SaliencySampler()
+    logits = torch.zeros(1, 31 * 31)
+    logits[0, 0] = 40.0
+    saliency = torch.softmax(logits, 1).view(1, 1, 31, 31)
+    reference = sampler.coarse_grid(saliency)
+    with torch.autocast("cpu", dtype=torch.float16):
+        grid = sampler.coarse_grid(saliency)
+    assert grid.dtype == torch.float32
+    assert torch.equal(grid, reference)
+    assert reference[0, -1, -1].lt(0.9).all()  # the far corner reads well inside the image: the peak pulls it

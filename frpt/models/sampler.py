@@ -42,11 +42,16 @@ class SaliencySampler(nn.Module):
         self.register_buffer("coords_y", lin.view(1, 1, n, 1).expand(1, 1, n, n).clone(), persistent=False)
 
     def coarse_grid(self, saliency: torch.Tensor) -> torch.Tensor:
-        """Eqs. 4-5: source coordinates in [-1, 1] for each of the g x g grid cells, shape (N, g, g, 2), (x, y)."""
-        s = F.pad(saliency.float(), [self.padding] * 4, mode="replicate")
-        weight = self._smooth(s)
-        x = self._smooth(s * self.coords_x) / weight
-        y = self._smooth(s * self.coords_y) / weight
+        """Eqs. 4-5: source coordinates in [-1, 1] for each of the g x g grid cells, shape (N, g, g, 2), (x, y).
+
+        Always fp32, also under autocast: for a peaked saliency the Gaussian-weighted mass far from the peak is
+        ~1e-13, which fp16 flushes to 0, and x / weight becomes 0 / 0 (NaN; seen training the paper preset on a
+        GPU with fp16 autocast)."""
+        with torch.autocast(saliency.device.type, enabled=False):
+            s = F.pad(saliency.float(), [self.padding] * 4, mode="replicate")
+            weight = self._smooth(s)
+            x = self._smooth(s * self.coords_x) / weight
+            y = self._smooth(s * self.coords_y) / weight
         grid = torch.cat([x, y], dim=1).mul(2).sub(1).clamp(-1, 1)
         return grid.permute(0, 2, 3, 1)
 

@@ -105,8 +105,11 @@ def image_corpus(tmp: Path, rng: random.Random) -> list[tuple[str, object]]:
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 class Evil:
-    def __init__(self, marker: str):
-        self.marker = marker
+    """A pickle payload: unpickling it creates the file ``marker`` (a stand-in for arbitrary code). Shared with
+    tests/test_hostile_checkpoints.py."""
+
+    def __init__(self, marker: str | os.PathLike):
+        self.marker = str(marker)
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
@@ -126,10 +129,15 @@ def _reseal(folder: Path) -> None:
     _edit(folder, lambda c: c["files"].update(weights=WEIGHTS, weights_sha256=digest))
 
 
-def _mutate(data: bytes, rng: random.Random, top: int) -> bytes:
+MUTATIONS = ("flip", "run", "truncate", "insert")
+
+
+def mutate(data: bytes, rng: random.Random, top: int, kind: int) -> tuple[str, bytes]:
+    """One seeded mutation of ``data`` at a position below ``top``: MUTATIONS[kind] = flip one bit, overwrite a
+    4-byte run, truncate there, or insert a byte that breaks JSON. Returns ("kind@position", the bytes). Shared
+    with tests/test_hostile_checkpoints.py."""
     b = bytearray(data)
     pos = rng.randrange(top)
-    kind = rng.randrange(4)
     if kind == 0:
         b[pos] ^= 1 << rng.randrange(8)
     elif kind == 1:
@@ -138,7 +146,7 @@ def _mutate(data: bytes, rng: random.Random, top: int) -> bytes:
         del b[pos:]
     else:
         b[pos:pos] = rng.choice([b" ", b"\n", b"\x00", b'"', b"}", b"9"])
-    return bytes(b)
+    return f"{MUTATIONS[kind]}@{pos}", bytes(b)
 
 
 def checkpoint_cases(tally: Tally, tmp: Path, rng: random.Random, flips: int) -> bool:
@@ -229,17 +237,17 @@ def checkpoint_cases(tally: Tally, tmp: Path, rng: random.Random, flips: int) ->
     header = 8 + struct.unpack("<Q", w_raw[:8])[0]
     for i in range(flips):
         w = fresh()
-        (w / "card.json").write_bytes(_mutate(card_raw, rng, len(card_raw)))
+        (w / "card.json").write_bytes(mutate(card_raw, rng, len(card_raw), rng.randrange(4))[1])
         tally.run("checkpoint: card.json byte fuzz", str(i), lambda: load_checkpoint(w), harmless_ok=True)
     for i in range(flips // 2):
         w = fresh()
-        (w / WEIGHTS).write_bytes(_mutate(w_raw, rng, header))
+        (w / WEIGHTS).write_bytes(mutate(w_raw, rng, header, rng.randrange(4))[1])
         _reseal(w)
         tally.run("checkpoint: safetensors header fuzz (resealed)", str(i), lambda: load_checkpoint(w),
                   harmless_ok=True)
     for i in range(flips // 4):
         w = fresh()
-        mutated = _mutate(w_raw, rng, len(w_raw))
+        mutated = mutate(w_raw, rng, len(w_raw), rng.randrange(4))[1]
         if mutated == w_raw:
             continue
         (w / WEIGHTS).write_bytes(mutated)

@@ -88,35 +88,13 @@ def test_cub_real_splits():
     assert tensor.shape == (3, 64, 64) and label == 0 and idx == 7
 
 
-def _fake_cub(root: Path, n_classes: int = 4, per_class: int = 3, missing: int = 0) -> Path:
-    base = root / "CUB_200_2011"
-    (base / "images").mkdir(parents=True)
-    classes, images, labels, boxes = [], [], [], []
-    k = 0
-    for c in range(1, n_classes + 1):
-        folder = f"{c:03d}.Bird_{c}"
-        classes.append(f"{c} {folder}")
-        for j in range(per_class):
-            k += 1
-            rel = f"{folder}/img_{j}.jpg"
-            images.append(f"{k} {rel}")
-            labels.append(f"{k} {c}")
-            boxes.append(f"{k} 1.0 2.0 10.0 12.0")
-            if k > missing:
-                _jpeg(base / "images" / rel)
-    for name, lines in (("classes.txt", classes), ("images.txt", images),
-                        ("image_class_labels.txt", labels), ("bounding_boxes.txt", boxes)):
-        (base / name).write_text("\n".join(lines) + "\n")
-    return base
-
-
-def test_fake_cub_split_and_missing(tmp_path):
-    base = _fake_cub(tmp_path / "ok")
+def test_fake_cub_split_and_missing(tmp_path, fake_cub):
+    base = fake_cub(tmp_path / "ok" / "CUB_200_2011")
     tr, te = build_dataset("cub", "train", root=base), build_dataset("cub", "test", root=tmp_path / "ok")
     assert (len(tr), len(te)) == (6, 6) and tr.targets == [0, 0, 0, 1, 1, 1] and te.targets == tr.targets
     assert te.classes == ["003.Bird_3", "004.Bird_4"] and tr.box(4) == (1.0, 2.0, 10.0, 12.0)
 
-    bad = _fake_cub(tmp_path / "bad", missing=3)  # first class's 3 images absent
+    bad = fake_cub(tmp_path / "bad" / "CUB_200_2011", missing=3)  # first class's 3 images absent
     with pytest.raises(DatasetError) as err:
         build_dataset("cub", "train", root=bad)
     msg = str(err.value)
@@ -132,8 +110,8 @@ def test_fake_cub_split_and_missing(tmp_path):
         build_dataset("cub", "train", root=base)
 
 
-def test_fake_cub_malformed_line(tmp_path):
-    base = _fake_cub(tmp_path)
+def test_fake_cub_malformed_line(tmp_path, fake_cub):
+    base = fake_cub(tmp_path / "CUB_200_2011")
     lines = (base / "image_class_labels.txt").read_text().splitlines()
     lines[4] = "5 notanumber"
     (base / "image_class_labels.txt").write_text("\n".join(lines) + "\n")

@@ -28,19 +28,12 @@ from frpt.config import model_config, train_config
 from frpt.errors import CheckpointError, FRPTError
 from frpt.models import build_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from hostile_corpus import Evil, mutate  # noqa: E402 - the payload and the byte fuzzer, one copy
+
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "model-e0001.safetensors"
 CLASSES = ["a", "b", "c"]
-
-
-class Evil:
-    """Unpickling this creates ``marker`` (a stand-in for arbitrary code)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 @pytest.fixture(scope="session")
@@ -337,21 +330,8 @@ def test_harmless_edits_still_load(ckpt):
 # ---------------------------------------------------------------------------------------------- fuzzing
 
 def _mutants(data: bytes, rng: random.Random, n: int, focus: int | None = None):
-    """Seeded byte flips, byte runs, truncations and insertions (``focus``: positions below it only)."""
-    top = focus or len(data)
-    for i in range(n):
-        kind = i % 4
-        b = bytearray(data)
-        pos = rng.randrange(top)
-        if kind == 0:
-            b[pos] ^= 1 << rng.randrange(8)
-        elif kind == 1:
-            b[pos:pos + 4] = bytes(rng.randrange(256) for _ in range(4))
-        elif kind == 2:
-            del b[pos:]
-        else:
-            b[pos:pos] = rng.choice([b" ", b"\n", b"\x00", b'"', b"}", b"9"])
-        yield f"{['flip', 'run', 'truncate', 'insert'][kind]}@{pos}", bytes(b)
+    """``n`` seeded mutations, the four kinds in turn (``focus``: positions below it only)."""
+    return (mutate(data, rng, focus or len(data), i % 4) for i in range(n))
 
 
 def _load_or_one_sentence(path: Path) -> str:

@@ -38,34 +38,17 @@ def refused(name, split, root, match="", exc=DatasetError, **kw) -> str:
     return msg
 
 
-def fake_cub(base: Path, n_classes=4, per_class=3) -> Path:
-    (base / "images").mkdir(parents=True)
-    classes, images, labels = [], [], []
-    k = 0
-    for c in range(1, n_classes + 1):
-        folder = f"{c:03d}.Bird_{c}"
-        classes.append(f"{c} {folder}")
-        for j in range(per_class):
-            k += 1
-            images.append(f"{k} {folder}/img_{j}.jpg")
-            labels.append(f"{k} {c}")
-            jpeg(base / "images" / folder / f"img_{j}.jpg")
-    for name, lines in (("classes.txt", classes), ("images.txt", images), ("image_class_labels.txt", labels)):
-        (base / name).write_text("\n".join(lines) + "\n")
-    return base
-
-
 # ---------------------------------------------------------------------------------------------- CUB metadata
 
 @pytest.mark.parametrize("meta", ["images.txt", "classes.txt", "image_class_labels.txt"])
-def test_cub_missing_metadata_file(tmp_path, meta):
+def test_cub_missing_metadata_file(tmp_path, meta, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     (base / meta).unlink()
     msg = refused("cub", "train", base)
     assert meta in msg
 
 
-def test_cub_images_listed_but_absent_names_first_and_counts_rest(tmp_path):
+def test_cub_images_listed_but_absent_names_first_and_counts_rest(tmp_path, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     for j in range(3):
         (base / "images" / "001.Bird_1" / f"img_{j}.jpg").unlink()
@@ -74,7 +57,7 @@ def test_cub_images_listed_but_absent_names_first_and_counts_rest(tmp_path):
     assert str(base / "images" / "001.Bird_1" / "img_0.jpg") in msg and "(and 3 more)" in msg
 
 
-def test_cub_empty_class(tmp_path):
+def test_cub_empty_class(tmp_path, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     lines = (base / "image_class_labels.txt").read_text().splitlines()
     (base / "image_class_labels.txt").write_text("\n".join(l.replace(" 2", " 1") for l in lines) + "\n")
@@ -87,13 +70,13 @@ def test_cub_empty_class(tmp_path):
     ("classes.txt", ""), ("images.txt", "\x00\x00\x00\n"), ("bounding_boxes.txt", "1 a b c d\n"),
     ("bounding_boxes.txt", "1 1 2\n"),
 ])
-def test_cub_garbled_metadata(tmp_path, meta, content):
+def test_cub_garbled_metadata(tmp_path, meta, content, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     (base / meta).write_text(content)
     refused("cub", "train", base)
 
 
-def test_cub_non_utf8_metadata_and_names(tmp_path):
+def test_cub_non_utf8_metadata_and_names(tmp_path, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     with open(base / "images.txt", "ab") as fh:
         fh.write(b"13 001.Bird_1/v\xf6gel.jpg\n")
@@ -103,7 +86,7 @@ def test_cub_non_utf8_metadata_and_names(tmp_path):
     assert "\ufffd" in msg
 
 
-def test_cub_unreadable_metadata(tmp_path, monkeypatch):
+def test_cub_unreadable_metadata(tmp_path, monkeypatch, fake_cub):
     """Tests run as root, so chmod 000 does not block reads: simulate EACCES at open() instead."""
     base = fake_cub(tmp_path / "CUB_200_2011")
     real_open = builtins.open
@@ -119,7 +102,7 @@ def test_cub_unreadable_metadata(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(IS_ROOT, reason="running as root: chmod 000 does not stop root from reading; "
                                     "test_cub_unreadable_metadata simulates the same EACCES instead")
-def test_real_chmod_000(tmp_path):
+def test_real_chmod_000(tmp_path, fake_cub):
     base = fake_cub(tmp_path / "CUB_200_2011")
     (base / "images.txt").chmod(0)
     try:

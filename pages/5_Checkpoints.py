@@ -24,8 +24,15 @@ with right:
 
 st.subheader("Training curves")
 rows = read_log(ctx.checkpoint)
+compact = logic.compact_figures(ctx.card)
 if rows:
     st.plotly_chart(logic.log_figure(rows), key="ckpt.log", width="stretch")
+elif compact:
+    st.caption("Trained with the compact recipe on cached features: its record on held-out training classes, "
+               "from the card (the test split was never used to choose).")
+    for col, (name, fig) in zip(st.columns(len(compact)), compact.items()):
+        with col:
+            st.plotly_chart(fig, key=f"ckpt.compact.{name}", width="stretch")
 else:
     st.info("No log.csv in this checkpoint folder (it was not trained here, or nothing was trained).")
 

@@ -116,3 +116,24 @@ def test_the_embedding_page_knows_when_before_and_after_the_head_are_one_map():
     frpt = load_card(demo_checkpoint_dir("frpt"))
     trained = {**frpt, "compact": {**frpt["compact"], "head_epochs": 2}}
     assert head_is_identity(frpt) == (frpt["compact"]["head_epochs"] == 0) and not head_is_identity(trained)
+
+
+def test_compact_checkpoints_show_their_training_record_without_a_log():
+    """The compact recipe writes no log.csv; the Checkpoints page draws its card's record instead: the prompt's
+    proxy loss and the head's validation R@1, with the epoch chosen on held-out training classes marked."""
+    from frpt.checkpoint import load_card
+    from frpt.demo import demo_checkpoint_dir
+    from frpt.ui.logic import compact_figures
+
+    card = load_card(bundled_cub_checkpoints()["cub/compact-frpt"])
+    figures = compact_figures(card)
+    assert set(figures) == {"prompt", "head"}
+    report = card["compact"]
+    assert list(figures["prompt"].data[0].y) == report["prompt_losses"]
+    assert "kept: " + report["prompt_kept"] in figures["prompt"].layout.title.text
+    loss, recall = figures["head"].data
+    assert list(recall.y) == [r["recall@1"] for r in report["head_validation"]]
+    assert list(loss.x) == list(range(1, len(report["head_validation"])))  # epoch 0 is the untrained head
+    assert [s.x0 for s in figures["head"].layout.shapes] == [report["head_epochs"]]
+    assert compact_figures(load_card(demo_checkpoint_dir("pt"))) == {}  # nothing trained, nothing to draw
+    assert compact_figures(load_card(bundled_cub_checkpoints()["cub/paper-frpt"])) == {}  # has its log.csv

@@ -291,5 +291,44 @@ def log_figure(rows: list[dict[str, str]]):
     return fig
 
 
+def compact_figures(card: dict[str, Any]) -> dict[str, Any]:
+    """The compact recipe's training record (``card["compact"]``, frpt.compact; it writes no log.csv) as figures:
+    "prompt": the crop prompt's proxy loss per epoch, titled with the validation R@1 of the untrained and trained
+    saliency and which was kept; "head": CAH's train loss per epoch and its R@1 on the held-out training classes,
+    the epoch chosen for the final fit marked. Only the stages the card records; empty for other checkpoints."""
+    import plotly.graph_objects as go
+
+    report = card.get("compact") or {}
+    figures: dict[str, Any] = {}
+    layout = dict(height=320, margin={"l": 10, "r": 10, "t": 70, "b": 10}, xaxis_title="epoch")
+    losses = report.get("prompt_losses") or []
+    if losses:
+        scores = report.get("prompt_validation_recall@1") or {}
+        title = "Crop prompt: proxy loss"
+        if scores:  # a second, smaller line: the title must fit beside the chart's toolbar
+            title += (f"<br><sup>validation R@1 untrained {scores.get('untrained', 0):.3f} · trained "
+                      f"{scores.get('trained', 0):.3f} · kept: {report.get('prompt_kept', '?')}</sup>")
+        fig = go.Figure()
+        fig.add_scatter(x=list(range(1, len(losses) + 1)), y=losses, name="prompt loss", mode="lines+markers")
+        fig.update_layout(title=title, yaxis_title="loss", **layout)
+        figures["prompt"] = fig
+    history = report.get("head_validation") or []
+    if history:
+        fig = go.Figure()
+        trained = [r for r in history if "train_loss" in r]
+        fig.add_scatter(x=[r["epoch"] for r in trained], y=[r["train_loss"] for r in trained], name="train loss",
+                        mode="lines+markers")
+        fig.add_scatter(x=[r["epoch"] for r in history], y=[r["recall@1"] for r in history], yaxis="y2",
+                        name="validation R@1", mode="lines+markers")
+        chosen = report.get("head_epochs")
+        if chosen is not None:
+            fig.add_vline(x=chosen, line_dash="dot", annotation_text=f"chosen: {chosen}", annotation_position="bottom right")
+        fig.update_layout(title=f"Head (CAH)<br><sup>R@1 on {report.get('val_classes', '?')} held-out training classes; "
+                                f"the final fit uses all classes for the chosen epochs</sup>",
+                          yaxis_title="loss", yaxis2={"title": "R@1", "overlaying": "y", "side": "right"}, **layout)
+        figures["head"] = fig
+    return figures
+
+
 __all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
-           "selected_rows", "card_summary", "metrics_table", "log_figure"]
+           "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures"]

@@ -1,10 +1,15 @@
-"""Crash-safe file writes: a temp file in the same folder, fsync, then an atomic rename."""
+"""Crash-safe file writes (a temp file in the same folder, fsync, then an atomic rename), and memory-mapped reads
+of ``np.savez`` archives."""
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 # mkstemp creates 0600 files; the renamed file gets the mode a plain open() would give (0666 minus the umask),
 # so a checkpoint stays readable by the app or a colleague. Read once, at import (os.umask is process-global).
@@ -58,3 +63,32 @@ def remove_stale_temps(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     for tmp in (*folder.glob(".*.tmp"), *folder.glob(".tmp??????")):
         tmp.unlink(missing_ok=True)
+
+
+def npz_memmap(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read-only memory maps of arrays ``names`` of an uncompressed ``np.savez`` archive (``np.load`` maps only a
+    bare .npy). Each member of such an archive is a .npy file stored as is, so its data sits at a fixed offset of
+    the archive: the page cache then holds one copy for every process and session reading it, and a gallery of a
+    million rows costs no RAM until rows are touched. Raises ValueError for a compressed member or an object
+    array; the caller reads those with ``np.load``."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
+        for name in names:
+            info = archive.getinfo(f"{name}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{name} is compressed in {path}")
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the local file header: name and extra-field lengths at bytes 26-29
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: no local header for {name}")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            if dtype.hasobject:
+                raise ValueError(f"{name} in {path} holds Python objects")
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape,
+                                  order="F" if fortran else "C")
+    return out

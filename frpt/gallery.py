@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from . import distributed
 from .data.base import RetrievalDataset
 from .errors import DatasetError
 from .evaluation import Embeddings, ReadableEmbeddings, embed_readable, resolve_precision
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, npz_memmap
 from .models import FRPT, file_sha256
 
 SHARD_SIZE = 1024
@@ -86,15 +87,17 @@ def load_gallery(path: Path) -> Gallery | None:
     if not path.is_file():
         return None
     try:
+        # The vectors are mapped, not read: pages and sessions share the page cache's one copy (issue 10).
+        vectors = npz_memmap(path, ("before", "after"))
         with np.load(path, allow_pickle=False) as data:
-            emb = Embeddings(data["before"], data["after"], data["labels"])
+            emb = Embeddings(vectors["before"], vectors["after"], data["labels"])
             skipped = [str(s) for s in data["skipped"]] if "skipped" in data.files else []
             indices = data["indices"] if "indices" in data.files else None
             if indices is None and skipped:
                 return None  # rows cannot be matched to dataset images: recompute
             return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path, skipped,
                            indices)
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # damaged cache: recompute
 
 

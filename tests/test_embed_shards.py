@@ -98,6 +98,9 @@ def test_a_corrupt_image_is_skipped_and_listed(folder, checkpoint):
     stored = load_gallery(gallery_file(load_checkpoint(checkpoint)[1], data, folder))
     np.testing.assert_array_equal(stored.embeddings.after, gallery.embeddings.after)
     np.testing.assert_array_equal(stored.indices, gallery.indices)
+    # the vectors are mapped from the file, read-only: sessions share the page cache instead of each holding a copy
+    assert all(isinstance(a, np.memmap) and not a.flags.writeable
+               for a in (stored.embeddings.before, stored.embeddings.after))
 
 
 def test_an_interrupted_run_resumes_after_its_finished_shards(folder, checkpoint):

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import viz
 from ..config import DPP_VARIANTS, ModelConfig, from_dict
@@ -94,15 +93,26 @@ def prompt_words(card: dict[str, Any]) -> PromptWords:
                        "DPP-warped image", "Saliency A (Eq. 2)")
 
 
+def cosine_scores(query: np.ndarray, gallery: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Cosine similarity of ``query`` (D,) to every row of ``gallery`` (N, D), a block of rows at a time: a
+    memory-mapped gallery of a million rows is read through, never copied or normalised whole (a full pass at
+    1 M x 1280 costs ~5 GB of reads and a few MB of memory; bench/RESULTS.md)."""
+    q = np.asarray(query, np.float32).reshape(-1)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    out = np.empty(len(gallery), np.float32)
+    for start in range(0, len(gallery), block):
+        rows = np.asarray(gallery[start:start + block], np.float32)
+        out[start:start + block] = rows @ q / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+    return out
+
+
 def rank_gallery(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: int,
                  query_label: int | None = None, exclude: int | None = None) -> Ranking:
     """Cosine ranking of ``gallery`` (N, D) for ``query`` (D,); ``exclude`` drops the query's own row.
 
     AP is over the full ranking: the mean of precision@i at the rank of every same-class image.
     """
-    q = F.normalize(torch.tensor(np.asarray(query, np.float32)).reshape(1, -1), dim=1)
-    g = F.normalize(torch.tensor(np.asarray(gallery, np.float32)), dim=1)
-    sims = (g @ q.T)[:, 0].numpy()
+    sims = cosine_scores(query, gallery)
     order = np.argsort(-sims, kind="stable")
     if exclude is not None:
         order = order[order != exclude]
@@ -330,5 +340,5 @@ def compact_figures(card: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-__all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
+__all__ = ["PromptPanels", "prompt_panels", "Ranking", "cosine_scores", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
            "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures"]

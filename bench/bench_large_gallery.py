@@ -1,0 +1,105 @@
+"""The Retrieval page's ranking on a gallery of a million rows (issue 10): load time, time per query, memory.
+
+Writes a synthetic gallery file in the format ``frpt embed`` writes (clustered unit-ish vectors of width 1280 as
+both the "before" and "after" embeddings, labels = cluster, ids like ImageFolder paths), then, in a fresh process,
+reads it with :func:`frpt.gallery.load_gallery` (the vectors memory-mapped) and ranks ``--queries`` gallery rows
+with :func:`frpt.ui.logic.rank_gallery`, the page's own call (exact cosine over every row, the full ranking for
+AP and R@K). Prints one JSON line per measurement; memory is the process's anonymous (owned) and file-backed
+(mapped gallery pages: shared page cache) resident set from /proc/self/status.
+
+    python bench/bench_large_gallery.py --n 1000000 --workdir runs/large_gallery
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def rss() -> dict[str, float]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            fields[key] = round(int(value.split()[0]) / 2**20, 3)  # kB -> GB
+    return fields
+
+
+def write_gallery(path: Path, n: int, dim: int, classes: int, seed: int) -> float:
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim), dtype=np.float32)
+    labels = rng.integers(0, classes, n)
+    vectors = np.empty((n, dim), np.float32)
+    for start in range(0, n, 65_536):  # centre + noise of the centre's norm, a block at a time
+        stop = min(start + 65_536, n)
+        vectors[start:stop] = centres[labels[start:stop]] + rng.standard_normal((stop - start, dim), dtype=np.float32)
+    ids = np.array([f"class_{c:05d}/img_{i:08d}.jpg" for i, c in enumerate(labels)])
+    with open(path, "wb") as fh:
+        np.savez(fh, before=vectors, after=vectors, labels=labels, ids=ids,
+                 classes=np.array([f"class_{c:05d}" for c in range(classes)]), skipped=np.array([], dtype=str),
+                 indices=np.arange(n))
+    return time.perf_counter() - started
+
+
+def measure(path: Path, queries: int, k: int) -> None:
+    from frpt.gallery import load_gallery
+    from frpt.ui.logic import rank_gallery
+
+    print(json.dumps({"bench": "start", **rss()}), flush=True)
+    started = time.perf_counter()
+    gallery = load_gallery(path)
+    print(json.dumps({"bench": "load_gallery", "seconds": round(time.perf_counter() - started, 3),
+                      "rows": len(gallery.ids), "mapped": isinstance(gallery.embeddings.after, np.memmap),
+                      **rss()}), flush=True)
+    rows = np.random.default_rng(1).choice(len(gallery.ids), queries, replace=False)
+    times = []
+    for i, row in enumerate(rows):
+        started = time.perf_counter()
+        ranking = rank_gallery(gallery.embeddings.after[row], gallery.embeddings.after, gallery.embeddings.labels,
+                               k, int(gallery.embeddings.labels[row]), exclude=int(row))
+        times.append(time.perf_counter() - started)
+        if i == 0:
+            print(json.dumps({"bench": "first query (page cache as left by the write)", "seconds": round(times[0], 3),
+                              "average_precision": ranking.average_precision, **rss()}), flush=True)
+    print(json.dumps({"bench": "rank_gallery", "queries": queries, "k": k,
+                      "median_seconds": round(float(np.median(times[1:])), 3),
+                      "max_seconds": round(float(np.max(times[1:])), 3), **rss()}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--classes", type=int, default=10_000)
+    p.add_argument("--queries", type=int, default=20)
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default="runs/large_gallery")
+    p.add_argument("--measure-only", help=argparse.SUPPRESS)  # the fresh process: a gallery file to read
+    args = p.parse_args(argv)
+    if args.measure_only:
+        measure(Path(args.measure_only), args.queries, args.k)
+        return 0
+    path = Path(args.workdir) / f"gallery-{args.n}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        seconds = write_gallery(path, args.n, args.dim, args.classes, args.seed)
+        print(json.dumps({"bench": "write", "n": args.n, "dim": args.dim, "seconds": round(seconds, 1),
+                          "bytes": path.stat().st_size}), flush=True)
+    # A fresh process, so its memory counts only what reading and ranking take.
+    subprocess.run([sys.executable, __file__, "--measure-only", str(path), "--queries", str(args.queries),
+                    "--k", str(args.k)], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

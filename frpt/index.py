@@ -146,6 +146,19 @@ def _norms(x: np.ndarray) -> np.ndarray:
     return np.maximum(out, 1e-12)
 
 
+def cosine_scores(query: np.ndarray, gallery: np.ndarray, block: int = GALLERY_BLOCK) -> np.ndarray:
+    """Cosine similarity of ``query`` (D,) to every row of ``gallery`` (N, D), a block of rows at a time: a
+    memory-mapped gallery of a million rows is read through, never copied or normalised whole. The full score
+    vector (not a top-k) is what a page needs for average precision over the whole ranking."""
+    q = np.asarray(query, np.float32).reshape(-1)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    out = np.empty(len(gallery), np.float32)
+    for start in range(0, len(gallery), block):
+        rows = np.asarray(gallery[start:start + block], np.float32)
+        out[start:start + block] = rows @ q / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+    return out
+
+
 def _merge_top(scores: np.ndarray, idx: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``kk`` per row of (scores, idx), sorted best first (stable, so ties keep gallery order)."""
     if scores.shape[1] > kk:

@@ -1,11 +1,12 @@
-"""frpt.fileio.npz_memmap: arrays of an np.savez archive mapped in place, equal to what np.load reads."""
+"""Large galleries without copies: fileio.npz_memmap maps np.savez members in place; index.cosine_scores ranks a mapped gallery a block at a time."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from frpt.fileio import npz_memmap
-from frpt.ui.logic import cosine_scores, rank_gallery
+from frpt.index import cosine_scores
+from frpt.ui.logic import rank_gallery
 
 
 def test_npz_members_map_to_the_arrays_np_load_reads(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 from .. import viz
 from ..config import DPP_VARIANTS, ModelConfig, from_dict
+from ..index import cosine_scores
 from ..models import FRPT, focus_score, identity_grid, sampling_density
 from ..models.crop import CropPrompt
 
@@ -91,19 +92,6 @@ def prompt_words(card: dict[str, Any]) -> PromptWords:
     return PromptWords("warp", "The discriminative perturbation prompt reads the frozen backbone's early features, predicts a "
                        "saliency map and resamples the image so that salient parts get more pixels (Eqs. 1-6).",
                        "DPP-warped image", "Saliency A (Eq. 2)")
-
-
-def cosine_scores(query: np.ndarray, gallery: np.ndarray, block: int = 65_536) -> np.ndarray:
-    """Cosine similarity of ``query`` (D,) to every row of ``gallery`` (N, D), a block of rows at a time: a
-    memory-mapped gallery of a million rows is read through, never copied or normalised whole (a full pass at
-    1 M x 1280 costs ~5 GB of reads and a few MB of memory; bench/RESULTS.md)."""
-    q = np.asarray(query, np.float32).reshape(-1)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    out = np.empty(len(gallery), np.float32)
-    for start in range(0, len(gallery), block):
-        rows = np.asarray(gallery[start:start + block], np.float32)
-        out[start:start + block] = rows @ q / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
-    return out
 
 
 def rank_gallery(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: int,
@@ -340,5 +328,5 @@ def compact_figures(card: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-__all__ = ["PromptPanels", "prompt_panels", "Ranking", "cosine_scores", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
+__all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
            "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures"]

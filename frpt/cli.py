@@ -178,9 +178,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"warning: skipped {len(gallery.skipped)} unreadable image(s), listed with their reasons in "
               f"{result['manifest']}; first: {gallery.skipped[0]}", file=sys.stderr)
     if not args.no_umap and distributed.is_main():
-        from .projection import DEFAULT_MAP_POINTS, gallery_umap
+        from .projection import DEFAULT_MAP_POINTS, FULL_MAP_MAX_POINTS, gallery_umap
         # The page's opening subsample and the whole split, so the Embedding space page reads rather than fits.
-        result["umap"] = [str(gallery_umap(gallery, max_points=k).path) for k in (DEFAULT_MAP_POINTS, None)]
+        sizes = (DEFAULT_MAP_POINTS, None) if len(gallery.ids) <= FULL_MAP_MAX_POINTS else (DEFAULT_MAP_POINTS,)
+        result["umap"] = [str(gallery_umap(gallery, max_points=k).path) for k in sizes]
     _emit(result)
     return 0
 

@@ -22,6 +22,8 @@ from .gallery import Gallery
 
 UMAP_VERSION = 2  # bump when the parameters below change, so stale maps are recomputed (2: PCA to 50 dims first)
 DEFAULT_MAP_POINTS = 2000  # the Embedding space page opens on this subsample; `frpt embed` precomputes it
+# `frpt embed` also maps the whole split up to this size; a million-image gallery would take hours on 2 cores.
+FULL_MAP_MAX_POINTS = 50_000
 PCA_DIMS = 50  # standard practice before UMAP (e.g. scanpy): keeps the neighbour graph, cuts its cost ~25x at 1280-d
 
 
@@ -165,5 +167,5 @@ def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int =
     return GalleryMap(idx, before, after, path)
 
 
-__all__ = ["DEFAULT_MAP_POINTS", "pca_reduce", "warm_umap", "umap_2d", "procrustes_align", "silhouette", "embedding_stats", "GalleryMap", "gallery_umap",
+__all__ = ["DEFAULT_MAP_POINTS", "FULL_MAP_MAX_POINTS", "pca_reduce", "warm_umap", "umap_2d", "procrustes_align", "silhouette", "embedding_stats", "GalleryMap", "gallery_umap",
            "subsample", "umap_file", "load_gallery_map"]

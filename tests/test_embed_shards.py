@@ -192,3 +192,18 @@ def test_cli_embed_reports_skipped_images_in_one_line(folder, checkpoint):
     assert result["images"] == 7 and result["skipped"] == 1 and Path(result["manifest"]).is_file()
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "2.jpg" in warnings[0] and "1 unreadable image" in warnings[0]
+
+
+def test_cli_embed_maps_the_whole_split_only_while_it_is_small(folder, checkpoint, monkeypatch, capsys):
+    """A million-image gallery would spend hours on a whole-split UMAP: beyond FULL_MAP_MAX_POINTS only the page's
+    opening subsample is mapped."""
+    from frpt import cli, projection
+
+    args = ["embed", "--checkpoint", str(checkpoint), "--dataset", "folder", "--root", str(folder), "--quiet",
+            "--threads", "1"]
+    monkeypatch.setattr(projection, "FULL_MAP_MAX_POINTS", 6)  # the gallery holds 7 readable images
+    assert cli.main(args) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["umap"]) == 1
+    monkeypatch.setattr(projection, "FULL_MAP_MAX_POINTS", 7)
+    assert cli.main(args) == 0
+    assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["umap"]) == 2

@@ -51,11 +51,12 @@ def test_choice_by_size():
 
 def test_choice_by_memory_budget():
     n, d = 1_000_000, 1280
-    assert choose_spec(n, d, 3 * 2**30).storage == "fp16"          # fp32 codes (5.1 GB) do not fit
-    sq8 = choose_spec(n, d, 2 * 2**30)
-    assert (sq8.kind, sq8.storage, sq8.rerank) == ("ivf", "sq8", ix.RERANK)
-    pq = choose_spec(n, d, 200 * 2**20)
-    assert pq.storage == "pq" and d % pq.pq_m == 0 and pq.index_bytes <= 200 * 2**20
+    fp16 = choose_spec(n, d, 3 * 2**30)                              # fp32 codes (5.1 GB) do not fit
+    assert (fp16.kind, fp16.storage) == ("hnsw", "fp16")
+    sq8 = choose_spec(n, d, 2 * 2**30)                               # the configuration measured at 1M
+    assert (sq8.kind, sq8.storage, sq8.rerank) == ("hnsw", "sq8", ix.RERANK)
+    pq = choose_spec(n, d, 200 * 2**20)                              # HNSW's graph alone (256 MB) does not fit
+    assert (pq.kind, pq.storage) == ("ivf", "pq") and d % pq.pq_m == 0 and pq.index_bytes <= 200 * 2**20
     small = choose_spec(10_000, d, 30 * 2**20)                      # 10k x 1280 fp32 = 51 MB: fp16 exact
     assert (small.kind, small.storage) == ("exact", "fp16")
     with pytest.raises(ValueError, match="fits"):

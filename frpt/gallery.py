@@ -26,6 +26,7 @@ import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .data.base import RetrievalDataset
 from .errors import DatasetError
 from .evaluation import Embeddings, ReadableEmbeddings, embed_readable, resolve_precision
 from .fileio import atomic_write, atomic_write_text, npz_memmap
+from .index import row_norms
 from .models import FRPT, file_sha256
 
 SHARD_SIZE = 1024
@@ -60,6 +62,12 @@ class Gallery:
     def __post_init__(self) -> None:
         if self.indices is None:
             self.indices = np.arange(len(self.ids), dtype=np.int64)
+
+    @cached_property
+    def after_norms(self) -> np.ndarray:
+        """Row norms of the retrieval embeddings, computed once (one pass over a mapped gallery) and kept with the
+        gallery: a query then costs one pass, not two (:func:`frpt.index.cosine_scores`)."""
+        return row_norms(self.embeddings.after)
 
     def row_of(self, index: int) -> int | None:
         """The row holding dataset image ``index``, or None where that image was skipped."""

@@ -139,7 +139,8 @@ def _factory(spec: IndexSpec) -> str:
     return f"HNSW{spec.M}_{codes}" if spec.storage == "pq" else f"HNSW{spec.M},{codes}"
 
 
-def _norms(x: np.ndarray) -> np.ndarray:
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of every row of ``x`` (floored at 1e-12), a block at a time: one pass over a mapped gallery."""
     out = np.empty(len(x), np.float32)
     for s in range(0, len(x), GALLERY_BLOCK):
         b = np.asarray(x[s:s + GALLERY_BLOCK], np.float32)
@@ -147,16 +148,20 @@ def _norms(x: np.ndarray) -> np.ndarray:
     return np.maximum(out, 1e-12)
 
 
-def cosine_scores(query: np.ndarray, gallery: np.ndarray, block: int = GALLERY_BLOCK) -> np.ndarray:
+def cosine_scores(query: np.ndarray, gallery: np.ndarray, norms: np.ndarray | None = None,
+                  block: int = GALLERY_BLOCK) -> np.ndarray:
     """Cosine similarity of ``query`` (D,) to every row of ``gallery`` (N, D), a block of rows at a time: a
-    memory-mapped gallery of a million rows is read through, never copied or normalised whole. The full score
-    vector (not a top-k) is what a page needs for average precision over the whole ranking."""
+    memory-mapped gallery of a million rows is read through, never copied or normalised whole. ``norms``: the
+    rows' :func:`row_norms`, computed once per gallery (otherwise each call computes them, a second pass). The
+    full score vector (not a top-k) is what a page needs for average precision over the whole ranking."""
     q = np.asarray(query, np.float32).reshape(-1)
     q = q / max(float(np.linalg.norm(q)), 1e-12)
     out = np.empty(len(gallery), np.float32)
     for start in range(0, len(gallery), block):
         rows = np.asarray(gallery[start:start + block], np.float32)
-        out[start:start + block] = rows @ q / np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
+        scale = norms[start:start + block] if norms is not None else row_norms(rows)
+        # einsum, not rows @ q: OpenBLAS' sgemv read a mapped 1M x 1280 gallery at a third of the speed here
+        out[start:start + len(rows)] = np.einsum("ij,j->i", rows, q) / scale
     return out
 
 
@@ -186,7 +191,7 @@ class RetrievalIndex:
         self.spec = spec
         self._faiss = faiss_index
         # row norms divide exact scores (no normalised copy); "unit": stored normalised (saved indexes)
-        self._norms = None if isinstance(norms, str) else _norms(vectors) if norms is None else norms
+        self._norms = None if isinstance(norms, str) else row_norms(vectors) if norms is None else norms
         if spec.index_bytes == 0:
             spec.index_bytes = estimate_bytes(spec)
 

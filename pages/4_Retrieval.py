@@ -25,7 +25,8 @@ if query_row is not None:
     q = gallery.embeddings.after[query_row]
 else:
     q = embed_images(ctx.model, query.image[None])[0]  # the gallery's precision
-ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query_row)
+ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query_row,
+                             norms=gallery.after_norms)
 
 left, right = st.columns([1, 4])
 with left:

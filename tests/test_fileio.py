@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from frpt.fileio import npz_memmap
-from frpt.index import cosine_scores
+from frpt.index import cosine_scores, row_norms
 from frpt.ui.logic import rank_gallery
 
 
@@ -36,6 +36,8 @@ def test_blocked_cosine_scores_rank_like_the_whole_matrix(tmp_path):
     mapped = np.load(tmp_path / "g.npy", mmap_mode="r")
     for block in (7, 50, 65_536):
         np.testing.assert_allclose(cosine_scores(query, mapped, block=block), whole, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cosine_scores(query, mapped, row_norms(mapped), block=block), whole, rtol=1e-5,
+                                   atol=1e-6)
     labels = rng.integers(0, 4, 50)
     ranking = rank_gallery(query, mapped, labels, 5, int(labels[0]))
     np.testing.assert_array_equal(ranking.indices, np.argsort(-whole, kind="stable")[:5])

@@ -95,12 +95,14 @@ def prompt_words(card: dict[str, Any]) -> PromptWords:
 
 
 def rank_gallery(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: int,
-                 query_label: int | None = None, exclude: int | None = None) -> Ranking:
-    """Cosine ranking of ``gallery`` (N, D) for ``query`` (D,); ``exclude`` drops the query's own row.
+                 query_label: int | None = None, exclude: int | None = None,
+                 norms: np.ndarray | None = None) -> Ranking:
+    """Cosine ranking of ``gallery`` (N, D) for ``query`` (D,); ``exclude`` drops the query's own row; ``norms``:
+    the gallery's row norms where already known (``Gallery.after_norms``).
 
     AP is over the full ranking: the mean of precision@i at the rank of every same-class image.
     """
-    sims = cosine_scores(query, gallery)
+    sims = cosine_scores(query, gallery, norms)
     order = np.argsort(-sims, kind="stable")
     if exclude is not None:
         order = order[order != exclude]

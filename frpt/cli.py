@@ -118,8 +118,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes),
                      dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume, device=args.device,
                      progress=not args.quiet, eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches)
-    _emit({"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]})
+    result = {"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]}
+    if distributed.is_main():
+        from .gallery import gallery_file, load_gallery
+
+        gallery = load_gallery(gallery_file(card, test_set, args.root))  # stored by the final test evaluation
+        if gallery is not None:
+            result["gallery"] = str(gallery.path)
+            if not args.no_umap:
+                result["umap"] = _store_maps(gallery)
+    _emit(result)
     return 0
+
+
+def _store_maps(gallery) -> list[str]:
+    """UMAP maps of ``gallery`` for the page's opening subsample and, up to FULL_MAP_MAX_POINTS, the whole split,
+    so the Embedding space page reads rather than fits."""
+    from .projection import DEFAULT_MAP_POINTS, FULL_MAP_MAX_POINTS, gallery_umap
+
+    sizes = (DEFAULT_MAP_POINTS, None) if len(gallery.ids) <= FULL_MAP_MAX_POINTS else (DEFAULT_MAP_POINTS,)
+    return list(dict.fromkeys(str(gallery_umap(gallery, max_points=k).path) for k in sizes))  # one if the split is small
 
 
 def _model_from_args(args: argparse.Namespace):
@@ -178,10 +196,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"warning: skipped {len(gallery.skipped)} unreadable image(s), listed with their reasons in "
               f"{result['manifest']}; first: {gallery.skipped[0]}", file=sys.stderr)
     if not args.no_umap and distributed.is_main():
-        from .projection import DEFAULT_MAP_POINTS, FULL_MAP_MAX_POINTS, gallery_umap
-        # The page's opening subsample and the whole split, so the Embedding space page reads rather than fits.
-        sizes = (DEFAULT_MAP_POINTS, None) if len(gallery.ids) <= FULL_MAP_MAX_POINTS else (DEFAULT_MAP_POINTS,)
-        result["umap"] = [str(gallery_umap(gallery, max_points=k).path) for k in sizes]
+        result["umap"] = _store_maps(gallery)
     _emit(result)
     return 0
 
@@ -199,7 +214,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     dataset = _dataset(args, "test", card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
                                  precision=args.precision, progress=not args.quiet)
-    q = embed_images(model, query, precision=args.precision, device=args.device)  # as the gallery was
+    q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)  # as the gallery was
     scores, idx = RetrievalIndex(gallery.embeddings.after).search(q, args.k)
     labels = gallery.embeddings.labels
     results = [{"rank": r + 1, "path": gallery.ids[i], "label": int(labels[i]), "class": gallery.classes[labels[i]],
@@ -254,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-supervision", choices=("labels", "boxes"),
                    help="compact preset: train the crop from class labels (default) or, a named departure, from the "
                         "training images' boxes (datasets with boxes: cub, synthetic)")
+    p.add_argument("--no-umap", action="store_true",
+                   help="skip the UMAP maps of the stored test gallery (the app then fits them on first visit)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")

@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 from .checkpoint import CARD, load_card, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError
+from .evaluation import Embeddings, resolve_precision
 from .feature_cache import CachedSplit, cache_split
 from .losses import cross_entropy
 from .metrics import retrieval_metrics
 from .models import FRPT, GeneralizedMeanPooling
+from .training import store_test_gallery
 
 
 def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -59,21 +61,29 @@ def _weighted_gem(x: torch.Tensor, weights: torch.Tensor, p: float = 3.0) -> tor
     return (x.float().clamp(min=1e-6).pow(p) * weights).sum(dim=(2, 3)).pow(1.0 / p)
 
 
-@torch.no_grad()
 def embed_cached(model: FRPT, maps: dict[str, np.ndarray], index: np.ndarray, batch_size: int = 512) -> torch.Tensor:
     """The model's embedding of images ``index`` from their cached per-view maps (as :meth:`FRPT.embed_maps`)."""
+    return _embed_cached(model, maps, index, batch_size)[0]
+
+
+@torch.no_grad()
+def _embed_cached(model: FRPT, maps: dict[str, np.ndarray], index: np.ndarray, batch_size: int = 512
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding, pre-head embedding) of images ``index`` from their cached per-view maps."""
     was_training = model.training
     model.eval()
     device = model.pixel_mean.device
-    out = []
+    after, before = [], []
     try:
         for start in range(0, len(index), batch_size):
             rows = index[start:start + batch_size]
             batch = {v: torch.from_numpy(np.asarray(m[rows], dtype=np.float32)).to(device) for v, m in maps.items()}
-            out.append(model.embed_maps(batch)[0].float().cpu())
+            embedding, pre_head, _ = model.embed_maps(batch)
+            after.append(embedding.float().cpu())
+            before.append(pre_head.float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return (torch.cat(after), torch.cat(before)) if after else (torch.zeros(0), torch.zeros(0))
 
 
 def _score(embeddings: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
@@ -266,12 +276,15 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
     report["train_seconds"] = round(time.perf_counter() - started, 1)
     report["train_cache_seconds"] = round(cache_seconds, 1)
     metrics: dict[str, Any] = {}
+    test_emb = None
     if test_set is not None:
         test_maps = cache_split(model, test_set, views, cache_root, "test", **kw)
-        metrics = retrieval_metrics(embed_cached(model, test_maps.maps, np.arange(len(test_maps.labels))),
-                                    test_maps.labels)
+        after, before = _embed_cached(model, test_maps.maps, np.arange(len(test_maps.labels)))
+        metrics = retrieval_metrics(after, test_maps.labels)
+        test_emb = Embeddings(before.numpy(), after.numpy(), np.asarray(test_maps.labels))
     save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
                     epoch=report.get("head_epochs", 0), metrics=metrics, extra={"compact": report})
+    store_test_gallery(out_dir, test_set, dataset_info, test_emb, resolve_precision(precision, model.pixel_mean.device))
     return load_card(out_dir)
 
 

@@ -123,7 +123,11 @@ def extract_embeddings(model: FRPT, dataset: Dataset, *, batch_size: int = 64, d
 def evaluate(model: FRPT, dataset: Dataset, **kwargs) -> dict[str, float]:
     """Leave-one-out cosine retrieval on ``dataset`` (the test split): recall@1/2/4/8, map@r, nmi, queries.
     Under torchrun rank 0 computes them and every process returns rank 0's figures."""
-    emb = extract_embeddings(model, dataset, **kwargs)
+    return score_embeddings(extract_embeddings(model, dataset, **kwargs))
+
+
+def score_embeddings(emb: Embeddings) -> dict[str, float]:
+    """:func:`evaluate`'s figures for embeddings already extracted (rank 0 computes, every process returns them)."""
     return distributed.broadcast_object(retrieval_metrics(emb.after, emb.labels) if distributed.is_main() else None)
 
 

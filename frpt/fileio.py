@@ -6,7 +6,7 @@ import os
 import struct
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +92,21 @@ def npz_memmap(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.
             out[name] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape,
                                   order="F" if fortran else "C")
     return out
+
+
+def write_npz_blocks(fh, members: dict[str, Sequence[np.ndarray]]) -> None:
+    """Write an uncompressed ``np.savez``-format archive whose member ``name`` is the row-wise concatenation of
+    ``members[name]``, one block at a time: an array larger than memory (a gallery assembled from its shards,
+    issue 10) is never built. ``np.load`` and :func:`npz_memmap` read the result."""
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, blocks in members.items():
+            first = np.asarray(blocks[0])
+            shape = first.shape if first.ndim == 0 else (sum(len(b) for b in blocks), *first.shape[1:])  # 0-d: a scalar
+            header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
+                np.lib.format.write_array_header_1_0(out, header)
+                for block in blocks:
+                    block = np.ascontiguousarray(block, dtype=first.dtype)
+                    if block.shape[1:] != first.shape[1:]:
+                        raise ValueError(f"{name}: block of shape {block.shape} after {first.shape}")
+                    out.write(memoryview(block.reshape(-1).view(np.uint8)) if block.size else b"")

@@ -6,6 +6,7 @@ pytorch-metric-learning's ``precision_at_k``. MAP@R is from Musgrave et al., "A 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +15,11 @@ import torch.nn.functional as F
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if isinstance(x, torch.Tensor):
+        return x
+    with warnings.catch_warnings():  # a mapped gallery is read-only; nothing here writes to it, and a copy could be GBs
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(x))
 
 
 def neighbours(embeddings: torch.Tensor | np.ndarray, k: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

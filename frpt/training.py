@@ -30,7 +30,8 @@ from . import distributed
 from .checkpoint import CARD, check_tensors, load_card, load_train_state, read_tensors, save_checkpoint, verified_file
 from .config import TrainConfig
 from .errors import CheckpointError
-from .evaluation import evaluate
+from .data.base import RetrievalDataset
+from .evaluation import Embeddings, extract_embeddings, score_embeddings
 from .fileio import atomic_write_text
 from .losses import cross_entropy
 from .metrics import retrieval_metrics
@@ -204,11 +205,11 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         raise CheckpointError(f"The training split has {len(train_set)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size.")
     if not model.config.trainable or start_epoch >= cfg.epochs:
-        metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, workers=cfg.workers,
-                           progress=progress) if test_set else {}
+        metrics, test_emb = _test_pass(model, test_set, eval_batch_size, device, cfg.workers, progress)
         if main:
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=start_epoch,
                             metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
+            store_test_gallery(out_dir, test_set, dataset_info, test_emb)
         return distributed.broadcast_object(load_card(out_dir) if main else None)
     net: torch.nn.Module = model
     if world > 1:
@@ -246,17 +247,40 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
         done = epoch + 1
         metrics: dict[str, Any] = {}
+        test_emb = None
         last = done == cfg.epochs
-        if test_set is not None and (last or (cfg.eval_every and done % cfg.eval_every == 0)):
-            metrics = evaluate(model, test_set, batch_size=eval_batch_size, device=device, workers=cfg.workers,
-                               progress=False)
+        if last or (cfg.eval_every and done % cfg.eval_every == 0):
+            metrics, test_emb = _test_pass(model, test_set, eval_batch_size, device, cfg.workers, False)
         rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
                      "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
         if main:
             _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
                             metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
+            if last:
+                store_test_gallery(out_dir, test_set, dataset_info, test_emb)
     return distributed.broadcast_object(load_card(out_dir) if main else None)  # rank 0's card, on every process
+
+
+def _test_pass(model: FRPT, test_set: Dataset | None, batch_size: int, device: torch.device, workers: int,
+               progress: bool) -> tuple[dict[str, Any], Embeddings | None]:
+    """Test-split figures and the embeddings they came from (none without a test split)."""
+    if test_set is None:
+        return {}, None
+    emb = extract_embeddings(model, test_set, batch_size=batch_size, device=device, workers=workers,
+                             progress=progress)
+    return score_embeddings(emb), emb
+
+
+def store_test_gallery(out_dir: Path, test_set: Dataset | None, dataset_info: dict[str, Any],
+                       embeddings: Embeddings | None, precision: str = "fp32") -> None:
+    """The final test embeddings become the saved checkpoint's gallery (:func:`frpt.gallery.store_gallery`), so
+    the app opens a checkpoint trained here without embedding the test split again. Rank 0 only."""
+    if embeddings is None or not isinstance(test_set, RetrievalDataset):
+        return
+    from .gallery import store_gallery
+
+    store_gallery(load_card(out_dir), test_set, dataset_info.get("root"), embeddings, precision)
 
 
 __all__ = ["train", "epoch_loader", "lr_at", "build_optimizer", "read_log", "retrieval_metrics", "LOG"]

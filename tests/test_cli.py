@@ -24,9 +24,22 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
     out = tmp_path / preset
+    umap = ("--no-umap",) if preset == "official" else ()
     trained = last_json(frpt("train", "--dataset", "synthetic", "--preset", preset, "--input-size", "64",
-                             "--batch-size", "8", "--epochs", "2", "--limit-batches", "2", "--out", str(out)))
+                             "--batch-size", "8", "--epochs", "2", "--limit-batches", "2", "--out", str(out), *umap))
     assert trained["epoch"] == 2 and trained["queries"] == 240
+    # The final test evaluation is stored as the checkpoint's gallery (and its maps): the app's first visit and
+    # `frpt embed` read it instead of embedding the split again.
+    from frpt.gallery import load_gallery
+    from frpt.metrics import retrieval_metrics
+    gallery_path = Path(trained["gallery"])
+    stored = load_gallery(gallery_path)
+    assert len(stored.ids) == 240 and stored.ids[5] == "synthetic/test/00005"
+    assert retrieval_metrics(stored.embeddings.after, stored.embeddings.labels)["recall@1"] == trained["recall@1"]
+    assert len(trained.get("umap", [])) == (0 if umap else 1) and all(Path(p).is_file() for p in trained.get("umap", []))
+    written = gallery_path.stat().st_mtime_ns
+    embedded = last_json(frpt("embed", "--checkpoint", str(out), "--dataset", "synthetic", "--no-umap"))
+    assert embedded["gallery"] == str(gallery_path) and gallery_path.stat().st_mtime_ns == written
     log = (out / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,train_loss,lr,recall@1,seconds" and len(log) == 3
 

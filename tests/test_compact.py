@@ -120,6 +120,15 @@ def test_compact_training_writes_a_checkpoint_whose_live_embedding_matches_its_c
     # The cache holds fp16 maps: a near-tie may flip, nothing more (40 queries, 1/40 = 0.025 each).
     assert live["recall@1"] == pytest.approx(card["metrics"]["recall@1"], abs=0.051)
     assert live["map@r"] == pytest.approx(card["metrics"]["map@r"], abs=0.01)
+    # The cached test embeddings became the checkpoint's gallery: what the app reads matches the live model.
+    from frpt.evaluation import extract_embeddings
+    from frpt.gallery import gallery_file, load_gallery
+    stored = load_gallery(gallery_file(card, test_set, None))
+    fresh = extract_embeddings(loaded, test_set, progress=False)
+    cos = lambda a, b: (F.normalize(torch.as_tensor(np.asarray(a)), dim=1) * F.normalize(torch.as_tensor(b), dim=1)).sum(1)  # noqa: E731
+    assert stored.ids == [s for s, _ in test_set.samples]
+    assert cos(stored.embeddings.after, fresh.after).min() > 0.999
+    assert cos(stored.embeddings.before, fresh.before).min() > 0.999
     # Done means done: --resume returns the card, a second run without it is refused.
     assert train_compact(model, train_set, cfg, tmp_path / "run", classes=list(train_set.classes),
                          dataset_info={}, resume=True, progress=False)["files"] == card["files"]

@@ -105,7 +105,9 @@ def _worker(out: Path) -> None:
         _train(out / "crashed", resume=True)
         model, card = load_checkpoint(out / "two")
         _, test_set = _datasets()
-        gallery_embeddings(model, card, test_set, batch_size=2, shard_size=3, progress=False, precision="fp32")
+        # recompute: training already stored its final test evaluation as the gallery; the shards are under test
+        gallery_embeddings(model, card, test_set, batch_size=2, shard_size=3, progress=False, precision="fp32",
+                           recompute=True)
         metrics = evaluate(model, test_set, batch_size=3, progress=False)
         grads = _finetune_gradients()
         if distributed.is_main():
@@ -254,8 +256,11 @@ def test_cli_under_torchrun_writes_once_and_records_the_world_size(tmp_path):
     assert len(lines) == 1 and lines[0]["epoch"] == 1  # rank 0 alone prints
     card = load_card(out)
     assert card["world_size"] == 2 and card["global_batch_size"] == 8
-    assert sorted(os.listdir(out)) == sorted(["card.json", "log.csv", card["files"]["weights"],
+    assert sorted(os.listdir(out)) == sorted(["card.json", "gallery", "log.csv", card["files"]["weights"],
                                               card["files"]["train_state"]])
+    # rank 0 stored the test gallery and its maps once (no second process's copy, no leftover temps)
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == sorted(
+        [Path(lines[0]["gallery"]).name, *(Path(u).name for u in lines[0]["umap"]), Path(lines[0]["gallery"]).stem + ".lock"])
 
 
 if __name__ == "__main__":

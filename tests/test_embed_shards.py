@@ -201,6 +201,7 @@ def test_cli_embed_maps_the_whole_split_only_while_it_is_small(folder, checkpoin
 
     args = ["embed", "--checkpoint", str(checkpoint), "--dataset", "folder", "--root", str(folder), "--quiet",
             "--threads", "1"]
+    monkeypatch.setattr(projection, "DEFAULT_MAP_POINTS", 5)  # the page's opening subsample: 5 of the 7 images
     monkeypatch.setattr(projection, "FULL_MAP_MAX_POINTS", 6)  # the gallery holds 7 readable images
     assert cli.main(args) == 0
     assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["umap"]) == 1

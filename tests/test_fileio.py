@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frpt.fileio import npz_memmap
+from frpt.fileio import npz_memmap, write_npz_blocks
 from frpt.index import cosine_scores, row_norms
 from frpt.ui.logic import rank_gallery
 
@@ -25,6 +25,24 @@ def test_npz_members_map_to_the_arrays_np_load_reads(tmp_path):
     np.savez_compressed(tmp_path / "c.npz", after=arrays["after"])
     with pytest.raises(ValueError, match="compressed"):
         npz_memmap(tmp_path / "c.npz", ("after",))
+
+
+def test_an_archive_written_block_by_block_reads_as_the_concatenation(tmp_path):
+    rng = np.random.default_rng(1)
+    blocks = [rng.normal(size=(n, 6)).astype(np.float16) for n in (5, 0, 3, 8)]
+    members = {"after": blocks, "labels": [np.arange(5), np.arange(7, 10)], "ids": [np.array(["a.jpg", "bb/c.png"])],
+               "precision": [np.array("bf16")]}
+    path = tmp_path / "g.npz"
+    with open(path, "wb") as fh:
+        write_npz_blocks(fh, members)
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["after"], np.concatenate(blocks))
+        np.testing.assert_array_equal(data["labels"], [0, 1, 2, 3, 4, 7, 8, 9])
+        assert data["ids"].tolist() == ["a.jpg", "bb/c.png"] and str(data["precision"]) == "bf16"
+    mapped = npz_memmap(path, ("after", "labels"))
+    np.testing.assert_array_equal(mapped["after"], np.concatenate(blocks))
+    with open(tmp_path / "bad.npz", "wb") as fh, pytest.raises(ValueError, match="block of shape"):
+        write_npz_blocks(fh, {"after": [np.zeros((2, 6)), np.zeros((2, 5))]})
 
 
 def test_blocked_cosine_scores_rank_like_the_whole_matrix(tmp_path):

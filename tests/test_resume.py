@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -150,7 +151,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     strip = lambda rows: [(r["epoch"], r["train_loss"], r["lr"], r["recall@1"]) for r in rows]  # noqa: E731
     assert strip(la) == strip(lb) and len(la) == EPOCHS
     # nothing left over: exactly the final checkpoint's files, no temps, no orphaned tensor files
-    assert sorted(os.listdir(out)) == sorted(["card.json", "log.csv", b["files"]["weights"], b["files"]["train_state"]])
+    # (and the final test evaluation stored as the gallery, once, as the uninterrupted run stores it)
+    assert sorted(os.listdir(out)) == sorted(["card.json", "log.csv", "gallery", b["files"]["weights"],
+                                              b["files"]["train_state"]])
+    assert sorted(os.listdir(out / "gallery")) == sorted(os.listdir(ref_dir / "gallery"))
+    from frpt.gallery import load_gallery
+    [stored] = [load_gallery(p) for p in (out / "gallery").glob("*.npz") if ".umap" not in p.name]
+    np.testing.assert_array_equal(stored.embeddings.after, load_gallery(ref_dir / "gallery" / stored.path.name).embeddings.after)
     # written files get the usual umask mode (not mkstemp's 0600), so the app and colleagues can read them
     umask = os.umask(0)
     os.umask(umask)

@@ -127,11 +127,11 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
         gallery_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         points = DEFAULT_MAP_POINTS if len(g.ids) > DEFAULT_MAP_POINTS else None
-        gallery_umap(g, max_points=points)
+        mapped = gallery_umap(g, max_points=points)
         umap_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for x in (g.embeddings.before, g.embeddings.after):
-            nearest_neighbour_hits(x, g.embeddings.labels)
+        for x in (g.embeddings.before, g.embeddings.after):  # the page colours the map's points
+            nearest_neighbour_hits(x, g.embeddings.labels, mapped.indices)
         hits_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         again = load_gallery(g.path)

@@ -85,7 +85,7 @@ for key, *_ in panels:  # read both charts' selections before drawing, so both m
 map_cols = st.columns([4, 4, 2])
 for col, (key, title, ckpt, which, xy) in zip(map_cols, panels):
     with col:
-        hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which) \
+        hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which, coords.indices) \
             if colouring != "Class" else None
         fig = logic.umap_figure(xy, coords.indices, labels, gallery.classes, gallery.ids, title, selection,
                                 colors=colors, focus=focus, nn_hits=hits, indices=gallery.indices)

@@ -57,6 +57,9 @@ def test_nearest_neighbour_hits_average_to_recall_at_1():
     rng = np.random.default_rng(1)
     x, labels = rng.normal(size=(50, 6)), rng.integers(0, 4, 50)
     assert nearest_neighbour_hits(x, labels).mean() == pytest.approx(recall_at_k(x, labels, ks=(1,))["recall@1"])
+    # a map's points only: each still searched among all items, itself left out
+    rows = np.array([7, 0, 31, 49])
+    np.testing.assert_array_equal(nearest_neighbour_hits(x, labels, rows), nearest_neighbour_hits(x, labels)[rows])
 
 
 def test_top_k_leaves_the_query_out():

@@ -134,8 +134,10 @@ def test_umap_figure_nearest_neighbour_colouring_and_selection_ring():
     from frpt.ui.logic import NN_COLORS, umap_figure
 
     coords, rows, labels, classes, ids = _figure_inputs(4)
-    hits = np.arange(len(rows)) % 2 == 0  # per gallery row: even rows hit
+    hits = np.asarray(rows) % 2 == 0  # per point: even gallery rows hit
     fig = umap_figure(coords, rows, labels, classes, ids, "nn", [3, 5], nn_hits=hits)
+    with pytest.raises(ValueError, match="flags"):
+        umap_figure(coords, rows, labels, classes, ids, "nn", nn_hits=hits[:-1])
     hit_trace, miss_trace, ring = fig.data
     assert hit_trace.marker.color == NN_COLORS[True] and miss_trace.marker.color == NN_COLORS[False]
     assert sorted(_rows_of(hit_trace)) == list(range(0, len(rows), 2))

@@ -186,14 +186,15 @@ def query_ap(ckpt: str, card_stamp: float, name: str, root: str | None) -> np.nd
     return average_precision(g.embeddings.after, g.embeddings.labels)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def nn_hits(ckpt: str, card_stamp: float, name: str, root: str | None, which: str) -> np.ndarray:
-    """Whether each test image's leave-one-out nearest neighbour (before/after the head) has its class."""
+@st.cache_data(show_spinner="Finding each point's nearest neighbour...", max_entries=32)
+def nn_hits(ckpt: str, card_stamp: float, name: str, root: str | None, which: str, rows: np.ndarray) -> np.ndarray:
+    """Whether the leave-one-out nearest neighbour (before/after the head, among all test images) of each of
+    ``rows`` (a map's points) has its class."""
     from ..metrics import nearest_neighbour_hits
 
     g = gallery(ckpt, name, root)
     return nearest_neighbour_hits(g.embeddings.before if which == "before" else g.embeddings.after,
-                                  g.embeddings.labels)
+                                  g.embeddings.labels, rows)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

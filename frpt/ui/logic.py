@@ -160,7 +160,7 @@ def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classe
     """Plotly scatter of 2-D coordinates (point i is gallery row ``rows[i]``).
 
     Coloured by class (``colors``, default :func:`class_colors`, so several maps can share one mapping) or, with
-    ``nn_hits`` (a bool per *gallery row*), by whether the point's nearest neighbour is a hit. ``focus`` (class
+    ``nn_hits`` (a bool per point, aligned with ``rows``), by whether the point's nearest neighbour is a hit. ``focus`` (class
     names) keeps those classes coloured and greys out the rest. ``highlight`` (gallery rows) rings selected points.
     No legend above :data:`LEGEND_MAX_CLASSES` classes. ``custom_data`` carries the gallery row, class and id, so a
     selection maps back to an image whatever trace it falls in (plotly.py#3976). Hover shows each point's
@@ -171,7 +171,9 @@ def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classe
     colors = colors or class_colors(classes)
     names = np.array([classes[int(labels[r])] for r in rows], dtype=object)
     files = np.array([ids[r].rsplit("/", 1)[-1] for r in rows], dtype=object)
-    nn = None if nn_hits is None else np.asarray(nn_hits, bool)[rows]
+    nn = None if nn_hits is None else np.asarray(nn_hits, bool)
+    if nn is not None and len(nn) != len(rows):
+        raise ValueError(f"{len(nn)} nearest-neighbour flags for {len(rows)} points")
     focus_set = set(focus or [])
     in_focus = np.isin(names, list(focus_set)) if focus_set else np.ones(len(rows), bool)
     scatter = go.Scattergl if len(rows) > 1000 else go.Scatter

@@ -11,6 +11,8 @@ test-split size unless --umap-from-gallery points at a stored gallery .npz.
 checkpoint without its stored gallery (the library calls the page makes: the test split's gallery embeddings with
 the app's precision, then the 2,000-point UMAP maps before and after the head, then the nearest-neighbour hits),
 and then the warm visit (reading both back from disk). The Retrieval page's first visit is the gallery step alone.
+--stored keeps what the checkpoint folder already holds (the gallery and maps `frpt train` stores from its final
+test evaluation, or `frpt embed`'s): the first visit of a checkpoint trained or embedded on this machine.
 Prints one JSON line.
 """
 from __future__ import annotations
@@ -45,13 +47,15 @@ def main() -> None:
     p.add_argument("--umap-from-gallery", help="a gallery .npz (uses its 'after' embeddings)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--first-view", action="store_true", help="time a checkpoint's first and warm Embedding space")
+    p.add_argument("--stored", action="store_true",
+                   help="--first-view on the checkpoint as it is, with the gallery and maps it stores")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--root", default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.first_view:
-        print(json.dumps(first_view(args.checkpoint, args.dataset, args.root)))
+        print(json.dumps(first_view(args.checkpoint, args.dataset, args.root, args.stored)))
         return
 
     model, card = load_checkpoint(args.checkpoint)
@@ -104,7 +108,7 @@ def main() -> None:
     }))
 
 
-def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
+def first_view(checkpoint: str, dataset: str, root: str | None, stored: bool = False) -> dict:
     import shutil
     import tempfile
 
@@ -117,7 +121,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="frpt-first-view-") as tmp:
         ckpt = Path(tmp) / "ckpt"
-        shutil.copytree(checkpoint, ckpt, ignore=shutil.ignore_patterns("gallery"))
+        shutil.copytree(checkpoint, ckpt, ignore=None if stored else shutil.ignore_patterns("gallery"))
         t0 = time.perf_counter()
         model, card = load_checkpoint(ckpt)
         ds = build_dataset(dataset, "test", root=root, transform=build_transform(card["input_size"], train=False))
@@ -137,7 +141,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None) -> dict:
         again = load_gallery(g.path)
         load_gallery_map(umap_file(again, points), len(again.ids))
         warm_s = time.perf_counter() - t0
-    return {"checkpoint": checkpoint, "dataset": dataset, "images": len(ds), "input_size": card["input_size"],
+    return {"checkpoint": checkpoint, "stored": stored, "dataset": dataset, "images": len(ds), "input_size": card["input_size"],
             "views": card["model"].get("views", "orig"), "precision": resolve_precision("auto"),
             "load_s": round(load_s, 2), "gallery_s": round(gallery_s, 1), "umap_s": round(umap_s, 1),
             "nn_hits_s": round(hits_s, 2), "first_view_s": round(load_s + gallery_s + umap_s + hits_s, 1),

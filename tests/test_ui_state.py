@@ -11,3 +11,14 @@ def test_dataset_folder_defaults_to_the_environment_then_to_an_existing_card_fol
     assert default_root("cars", card) == ""  # the card's folder is for its own dataset only
     monkeypatch.setenv("FRPT_CUB_ROOT", "/data/cub")
     assert default_root("cub", card) == "/data/cub"
+
+
+def test_first_visit_progress_estimates_time_left_and_names_the_precompute_command():
+    from frpt.ui.logic import embedding_progress
+
+    assert "about 30 s left" in embedding_progress(100, 400, 10.0, "assets/cub/compact-frpt", "cub")
+    assert "about 7 min left" in embedding_progress(1000, 5924, 90.0, "ck", "cub")  # 4,924 left at 11.1 img/s
+    start = embedding_progress(0, 5924, 0.0, "assets/cub/compact-frpt", "cub")
+    assert "left" not in start and "0/5924" in start
+    assert "python -m frpt embed --checkpoint assets/cub/compact-frpt --dataset cub`" in start
+    assert "--dataset cub --root ../data/CUB`" in embedding_progress(1, 9, 1.0, "ck", "cub", "../data/CUB")

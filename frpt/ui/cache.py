@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,8 +96,12 @@ def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
     ds = dataset(name, root, "test", card_["input_size"])
     path = gallery_file(card_, ds, root)
     if not path.is_file():
-        bar = st.progress(0.0, text=f"Embedding the {len(ds)} test images once (stored beside the checkpoint)...")
-        wrapped = _Progress(ds, lambda k: bar.progress(k / len(ds), text=f"Embedding test images: {k}/{len(ds)}"))
+        from .logic import embedding_progress
+
+        started = time.perf_counter()
+        text = lambda k: embedding_progress(k, len(ds), time.perf_counter() - started, ckpt, name, root)  # noqa: E731
+        bar = st.progress(0.0, text=text(0))
+        wrapped = _Progress(ds, lambda k: bar.progress(k / len(ds), text=text(k)))
         gallery_embeddings(net, card_, wrapped, root=root, progress=False)
         bar.empty()
     return _stored_gallery(str(path), path.stat().st_mtime)

@@ -136,6 +136,18 @@ OTHER_GREY = "rgba(170, 170, 170, 0.35)"
 NN_COLORS = {True: "rgb(46, 160, 67)", False: "rgb(214, 39, 40)"}  # viz.HIT / viz.MISS
 
 
+def embedding_progress(done: int, total: int, elapsed_s: float, checkpoint: str, dataset: str,
+                       root: str | None = None) -> str:
+    """Progress text for a gallery computed on a page's first visit: images done, a time estimate from the rate
+    so far, and the command that precomputes it before a demo (a 224 px split takes minutes on a 2-core CPU)."""
+    text = f"Embedding the test images once: {done}/{total}"
+    if 0 < done < total and elapsed_s > 0:
+        left = (total - done) * elapsed_s / done
+        text += f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+    command = f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
+    return f"{text}. Stored beside the checkpoint; before a demo, `{command}` does this ahead."
+
+
 def class_colors(classes: list[str]) -> dict[str, str]:
     """One fixed colour per class name, from the class list alone, so every map of a page (before/after the head,
     two checkpoints) paints a class alike. Qualitative palettes up to 48 classes, then golden-ratio hues."""

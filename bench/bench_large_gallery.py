@@ -33,24 +33,34 @@ def rss() -> dict[str, float]:
     return fields
 
 
-def write_gallery(path: Path, n: int, dim: int, classes: int, seed: int) -> float:
+def write_gallery(path: Path, n: int, dim: int, classes: int, seed: int) -> dict[str, float]:
+    """The gallery file, written as ``frpt embed`` assembles its shards (:func:`frpt.fileio.write_npz_blocks`
+    over memory-mapped rows): the vectors go to a scratch .npy a block at a time, then into the archive, so the
+    writer never owns the gallery (peak anonymous RSS reported)."""
+    from frpt.fileio import write_npz_blocks
+
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim), dtype=np.float32)
     labels = rng.integers(0, classes, n)
-    vectors = np.empty((n, dim), np.float32)
+    scratch = path.with_suffix(".scratch.npy")
+    vectors = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(n, dim))
     for start in range(0, n, 65_536):  # centre + noise of the centre's norm, a block at a time
         stop = min(start + 65_536, n)
         vectors[start:stop] = centres[labels[start:stop]] + rng.standard_normal((stop - start, dim), dtype=np.float32)
+    vectors.flush()
     ids = np.array([f"class_{c:05d}/img_{i:08d}.jpg" for i, c in enumerate(labels)])
+    members = {"before": [vectors], "after": [vectors], "labels": [labels], "ids": [ids],
+               "classes": [np.array([f"class_{c:05d}" for c in range(classes)])], "skipped": [np.array([], dtype=str)],
+               "indices": [np.arange(n)], "precision": [np.array("fp32")]}
     with open(path, "wb") as fh:
-        np.savez(fh, before=vectors, after=vectors, labels=labels, ids=ids,
-                 classes=np.array([f"class_{c:05d}" for c in range(classes)]), skipped=np.array([], dtype=str),
-                 indices=np.arange(n))
-    return time.perf_counter() - started
+        write_npz_blocks(fh, members)
+    del vectors
+    scratch.unlink()
+    return {"seconds": round(time.perf_counter() - started, 1), **{f"writer_{k}": v for k, v in rss().items()}}
 
 
-def measure(path: Path, queries: int, k: int) -> None:
+def measure(path: Path, queries: int, k: int, map_points: int) -> None:
     from frpt.gallery import load_gallery
     from frpt.ui.logic import rank_gallery
 
@@ -77,6 +87,16 @@ def measure(path: Path, queries: int, k: int) -> None:
     print(json.dumps({"bench": "rank_gallery", "queries": queries, "k": k,
                       "median_seconds": round(float(np.median(times[1:])), 3),
                       "max_seconds": round(float(np.max(times[1:])), 3), **rss()}), flush=True)
+    if map_points:  # the Embedding space page's nearest-neighbour colours: the map's points against every row
+        from frpt.metrics import nearest_neighbour_hits
+        from frpt.projection import subsample
+
+        points = subsample(len(gallery.ids), map_points, 0)
+        started = time.perf_counter()
+        hits = nearest_neighbour_hits(gallery.embeddings.after, gallery.embeddings.labels, points)
+        print(json.dumps({"bench": "nearest_neighbour_hits (map points)", "points": len(points),
+                          "seconds": round(time.perf_counter() - started, 2), "hit_rate": round(float(hits.mean()), 4),
+                          **rss()}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,22 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=10_000)
     p.add_argument("--queries", type=int, default=20)
     p.add_argument("--k", type=int, default=8)
+    p.add_argument("--map-points", type=int, default=2000, help="Embedding space map size for the NN colours (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="runs/large_gallery")
     p.add_argument("--measure-only", help=argparse.SUPPRESS)  # the fresh process: a gallery file to read
     args = p.parse_args(argv)
     if args.measure_only:
-        measure(Path(args.measure_only), args.queries, args.k)
+        measure(Path(args.measure_only), args.queries, args.k, args.map_points)
         return 0
     path = Path(args.workdir) / f"gallery-{args.n}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
-        seconds = write_gallery(path, args.n, args.dim, args.classes, args.seed)
-        print(json.dumps({"bench": "write", "n": args.n, "dim": args.dim, "seconds": round(seconds, 1),
+        written = write_gallery(path, args.n, args.dim, args.classes, args.seed)
+        print(json.dumps({"bench": "write", "n": args.n, "dim": args.dim, **written,
                           "bytes": path.stat().st_size}), flush=True)
     # A fresh process, so its memory counts only what reading and ranking take.
     subprocess.run([sys.executable, __file__, "--measure-only", str(path), "--queries", str(args.queries),
-                    "--k", str(args.k)], check=True)
+                    "--k", str(args.k), "--map-points", str(args.map_points)], check=True)
     return 0
 
 

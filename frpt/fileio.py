@@ -106,7 +106,13 @@ def write_npz_blocks(fh, members: dict[str, Sequence[np.ndarray]]) -> None:
             with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
                 np.lib.format.write_array_header_1_0(out, header)
                 for block in blocks:
-                    block = np.ascontiguousarray(block, dtype=first.dtype)
-                    if block.shape[1:] != first.shape[1:]:
-                        raise ValueError(f"{name}: block of shape {block.shape} after {first.shape}")
-                    out.write(memoryview(block.reshape(-1).view(np.uint8)) if block.size else b"")
+                    if np.shape(block)[1:] != first.shape[1:]:
+                        raise ValueError(f"{name}: block of shape {np.shape(block)} after {first.shape}")
+                    if first.ndim == 0:
+                        out.write(np.ascontiguousarray(block, dtype=first.dtype).tobytes())
+                        continue
+                    # ~64 MB at a time: a memory-mapped block is paged through, never converted whole
+                    step = max(1, (64 << 20) // max(1, first[:1].nbytes))
+                    for s in range(0, len(block), step):
+                        part = np.ascontiguousarray(block[s:s + step], dtype=first.dtype)
+                        out.write(memoryview(part.reshape(-1).view(np.uint8)))

@@ -19,6 +19,8 @@ from .config import DPP_VARIANTS
 from .errors import FRPTError
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results.json"
+# Rows measured on a lent GPU (bench/gpu_session.py): shown too, as their own groups, when the file exists.
+RESULTS_GPU = RESULTS.with_name("results_gpu.json")
 KS = (1, 2, 4, 8)
 TABLES = {  # the paper's tables compared here, with what each shows
     "Table 1": "Ablation, R@1: each part of FRPT added to the frozen backbone, against full fine-tuning.",
@@ -114,17 +116,27 @@ class OurRow:
     commit: str
     date: str | None
     machine: str | None
+    data_copy: str | None = None  # how the images differ from the dataset as published (e.g. a WebP re-encoding)
+
+    @property
+    def where(self) -> str:
+        """"" for our usual CPU rows; otherwise the GPU and the data copy, e.g. "H100, WebP copy"."""
+        gpu = re.search(r"NVIDIA (\S+)", self.machine or "")
+        copy = "WebP copy" if "webp" in (self.data_copy or "").lower() else "data copy" if self.data_copy else ""
+        return ", ".join(x for x in (gpu.group(1) if gpu else "", copy) if x)
 
     @property
     def group(self) -> str:
-        """Rows of one preset trained with one profile: the unit the page filters and colours by."""
-        return f"{self.preset} · {self.profile} {self.input_size} px"
+        """Rows of one preset trained with one profile (on one kind of machine and data): the unit the page
+        filters and colours by."""
+        return f"{self.preset} · {self.profile} {self.input_size} px" + (f" · {self.where}" if self.where else "")
 
     @property
     def label(self) -> str:
         prompt = "" if self.prompt == "-" else f" ({self.prompt} prompt)" if self.prompt == "crop" else \
             f" ({self.prompt} DPP)"
-        return f"{self.preset}/{self.variant}{prompt} · {self.profile} {self.input_size} px"
+        return f"{self.preset}/{self.variant}{prompt} · {self.profile} {self.input_size} px" + \
+            (f" · {self.where}" if self.where else "")
 
 
 @dataclass(frozen=True)
@@ -145,16 +157,12 @@ def _our_row(r: dict[str, Any]) -> OurRow:
                   learned_params=None if r.get("learned_params") is None else int(r["learned_params"]),
                   train_seconds=None if r.get("train_seconds") is None else float(r["train_seconds"]),
                   command=str(r.get("command") or ""), commit=str(r.get("commit") or ""), date=r.get("date"),
-                  machine=r.get("machine"))
+                  machine=r.get("machine"), data_copy=r.get("data_copy"))
 
 
-def load_results(path: str | Path | None = None) -> Results:
-    """Our rows from results.json (default: bench/results.json). A missing, unreadable or malformed file raises
-    :class:`ResultsError` with one sentence; single records that lack a needed field are skipped and counted."""
-    path = Path(path) if path is not None else RESULTS
+def _read_records(path: Path) -> list:
     try:
-        raw = path.read_bytes()
-        records = json.loads(raw)
+        records = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ResultsError(f"No results file at {path}: run bench/ablation.py to measure rows of ours.") from None
     except (OSError, ValueError) as exc:
@@ -162,12 +170,25 @@ def load_results(path: str | Path | None = None) -> Results:
                            "reload in a moment.") from None
     if not isinstance(records, list):
         raise ResultsError(f"{path} holds no list of result rows.")
+    return records
+
+
+def load_results(path: str | Path | None = None) -> Results:
+    """Our rows from ``path``, or by default bench/results.json plus, where it exists, bench/results_gpu.json.
+    A missing, unreadable or malformed file raises :class:`ResultsError` with one sentence; single records that
+    lack a needed field are skipped and counted. ``raw`` is the records read, as one JSON list."""
+    if path is not None:
+        paths = [Path(path)]
+    else:
+        paths = [RESULTS] + ([RESULTS_GPU] if RESULTS_GPU.is_file() else [])
+    records = [r for p in paths for r in _read_records(p)]
     rows, skipped = [], 0
     for r in records:
         try:
             rows.append(_our_row(r))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             skipped += 1
+    raw = paths[0].read_bytes() if len(paths) == 1 else json.dumps(records, indent=1).encode()
     return Results(tuple(rows), skipped, raw)
 
 
@@ -176,8 +197,11 @@ def our_setting(rows: list[OurRow] | tuple[OurRow, ...]) -> str:
     setting sentence): e.g. "efficientnet_lite0 at 128 or 224 px on a 2-core CPU"."""
     backbones = " / ".join(sorted({r.backbone for r in rows}))
     sizes = " or ".join(str(s) for s in sorted({r.input_size for r in rows}))
-    cores = sorted({m.group(1) for r in rows if r.machine and (m := re.search(r"(\d+) CPU", r.machine))}, key=int)
+    cpu_rows = [r for r in rows if "NVIDIA" not in (r.machine or "")]
+    cores = sorted({m.group(1) for r in cpu_rows if r.machine and (m := re.search(r"(\d+) CPU", r.machine))}, key=int)
     where = f" on a {' or '.join(cores)}-core CPU" if cores else ""
+    gpus = sorted({r.where.split(",")[0] for r in rows if "NVIDIA" in (r.machine or "")})
+    where += f" (and a few rows on a lent {' / '.join(gpus)})" if gpus else ""
     return f"{backbones} at {sizes} px{where}" if rows else ""
 
 
@@ -235,7 +259,8 @@ def comparison(rows: list[OurRow] | tuple[OurRow, ...], table: str | None = None
 def provenance(rows: list[OurRow] | tuple[OurRow, ...]) -> list[dict[str, Any]]:
     """Every row of ours with the command that made it, its commit, date and machine."""
     return [{"row": r.label, "R@1": round(r.recall[0], 1), "commit": r.commit, "date": r.date or "not recorded",
-             "machine": r.machine or "not recorded", "train s": r.train_seconds, "command": r.command} for r in rows]
+             "machine": r.machine or "not recorded", "data": r.data_copy or "as published",
+             "train s": r.train_seconds, "command": r.command} for r in rows]
 
 
 def to_csv(lines: list[dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""Reproduction: our measured rows (bench/results.json) beside the paper's Tables 1, 2 and 5."""
+"""Reproduction: our measured rows (bench/results.json, and results_gpu.json from a lent GPU) beside the paper's
+Tables 1, 2 and 5."""
 import streamlit as st
 
 from frpt import reproduction as rep
@@ -56,5 +57,5 @@ a, b = st.columns(2)
 a.download_button("Download comparison (CSV)", rep.to_csv(everything), file_name="frpt-reproduction.csv",
                   mime="text/csv", key="rep.csv")
 if results:
-    b.download_button("Download results.json", results.raw, file_name="results.json", mime="application/json",
+    b.download_button("Download our rows (JSON)", results.raw, file_name="results.json", mime="application/json",
                       key="rep.json")

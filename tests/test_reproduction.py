@@ -57,6 +57,17 @@ def test_every_cub_table1_row_is_matched_by_variant_in_the_real_results():
             assert all(r.variant == paper.variant and r.dataset == "cub" for r in mine)
 
 
+def test_rows_from_a_lent_gpu_are_read_too_and_kept_apart_from_the_cpu_rows():
+    cpu = rep.load_results(rep.RESULTS).rows
+    both = rep.load_results().rows
+    gpu = [r for r in both if r.where]
+    assert len(both) == len(cpu) + len(json.loads(rep.RESULTS_GPU.read_text())) and gpu
+    assert all(r.where == "H100, WebP copy" and r.group.endswith(" · H100, WebP copy") for r in gpu)
+    assert not {r.group for r in gpu} & {r.group for r in cpu}  # never the best row of a CPU group
+    assert "lent H100" in rep.our_setting(both) and "lent" not in rep.our_setting(cpu)
+    assert rep.provenance(gpu)[0]["data"].startswith("CUB re-encoded as WebP")
+
+
 def test_matching_respects_dataset_variant_and_presets(tmp_path):
     rows = rep.load_results(_write(tmp_path, [
         _record(), _record(preset="compact", profile="compact", input_size=224),

@@ -208,3 +208,30 @@ def test_cli_embed_maps_the_whole_split_only_while_it_is_small(folder, checkpoin
     monkeypatch.setattr(projection, "FULL_MAP_MAX_POINTS", 7)
     assert cli.main(args) == 0
     assert len(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["umap"]) == 2
+
+
+def test_stored_embeddings_supersede_an_interrupted_run_and_must_match_the_split(folder, checkpoint):
+    """store_gallery (training's final test evaluation): the gallery `frpt embed` then reads as is; rows that do
+    not follow the split's order are refused before anything is written."""
+    from frpt.evaluation import Embeddings
+    from frpt.gallery import store_gallery
+
+    data = _test_split(folder)
+    model, card = load_checkpoint(checkpoint)
+    n = len(data)
+    labels = np.array([y for _, y in data.samples])
+    rng = np.random.default_rng(0)
+    emb = Embeddings(rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32), labels)
+    path = gallery_file(card, data, folder)
+    with pytest.raises(ValueError, match="do not match"):
+        store_gallery(card, data, folder, Embeddings(emb.before, emb.after, labels[::-1]), "fp32")
+    assert not path.exists()
+    parts = path.with_name(f"{path.stem}.parts")
+    parts.mkdir(parents=True)  # left by a killed `frpt embed` run on these weights
+    manifest_file(path).write_text("{}")
+    stored = store_gallery(card, data, folder, emb, "fp32")
+    assert not parts.exists() and not manifest_file(path).exists()
+    assert stored.precision == "fp32" and stored.ids == [s for s, _ in data.samples]
+    np.testing.assert_array_equal(stored.embeddings.after, emb.after)
+    again = gallery_embeddings(model, card, data, root=folder, progress=False)  # reads, embeds nothing
+    assert data.reads == 0 and np.array_equal(again.embeddings.before, emb.before)

@@ -3,6 +3,9 @@ Tables 1, 2 and 5."""
 import streamlit as st
 
 from frpt import reproduction as rep
+from frpt.ui import through_router
+
+through_router()  # the page draws no sidebar (which does this for the other pages)
 
 st.title("Reproduction")
 try:

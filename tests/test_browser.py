@@ -47,6 +47,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server():
+    yield from _serve()
+
+
+def _serve():
+    """A fresh `streamlit run app.py`; yields its URL."""
     port = _free_port()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -62,9 +67,11 @@ def server():
     else:
         proc.kill()
         pytest.fail("streamlit did not start")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +126,22 @@ def test_page_renders_without_exception(server, browser, page):
     assert not errors, errors[0].text[:500]
 
 
-def test_sidebar_navigation_starts_with_home(server, browser):
+@pytest.mark.parametrize("first", [("Reproduction", "stPlotlyChart", 1), ("Checkpoints", "stTable", 1)])
+def test_sidebar_navigation_starts_with_home(browser, first):
+    """On a fresh server whose first request is a page's URL (a bookmark), not Home: Streamlit would serve it from
+    the pages/ folder with "app" first unless the page hands the run to app.py's router (ui.through_router)."""
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server}/Reproduction")  # needs no checkpoint, so the sidebar is up at once
-    _wait_rendered(browser, "stPlotlyChart", 1)
-    links = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] [data-testid="stSidebarNavLink"]')
-    assert [link.text.strip().splitlines()[-1] for link in links] == NAV_TITLES  # after the icon's ligature name
+    fresh = _serve()
+    url = next(fresh)
+    try:
+        path, testid, minimum = first
+        browser.get(f"{url}/{path}")
+        _wait_rendered(browser, testid, minimum)
+        links = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] [data-testid="stSidebarNavLink"]')
+        titles = [link.text.strip().splitlines()[-1] for link in links]  # after the icon's ligature name
+        errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+        assert not errors, errors[0].text[:500]
+    finally:
+        fresh.close()  # the server stops
+    assert titles == NAV_TITLES

@@ -1,8 +1,8 @@
 """The Streamlit side of FRPT Studio: sidebar, per-session state, caching and widgets. The only part of ``frpt``
 that imports streamlit; what the pages compute lives in :mod:`frpt.ui.logic` and the core modules."""
 from . import cache, logic
-from .state import Context, persistent, sidebar, widget_args
+from .state import Context, persistent, sidebar, through_router, widget_args
 from .widgets import Query, download_figure, download_png, pick_image
 
-__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "widget_args", "Query", "download_figure",
+__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "through_router", "widget_args", "Query", "download_figure",
            "download_png", "pick_image"]

@@ -144,9 +144,24 @@ def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
     return name, root
 
 
+def through_router() -> None:
+    """Hand this run to app.py's ``st.navigation`` when Streamlit ran a pages/ file on its own. Until some run has
+    called ``st.navigation``, Streamlit serves a server's first request for a page URL (``/Retrieval``, a
+    bookmark) from the pages/ folder with a navigation built from file names ("app" first, no sections, no
+    icons): its multipage-v1 fallback (``PagesManager.uses_pages_directory``). Turning the fallback off and
+    rerunning runs app.py, which opens the same URL's page under the app's own navigation. Called first by every
+    page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False  # what st.navigation itself sets
+        st.rerun()
+
+
 def sidebar() -> Context:
     """Draw the sidebar (checkpoint and dataset pickers) and return the session's context, or stop the page with
     one clear sentence when the choice cannot be loaded."""
+    through_router()
     cache.start_umap_warmup()
     with st.sidebar:
         st.markdown("### FRPT Studio")

@@ -67,6 +67,17 @@ def test_clicking_a_query_b_helps_most_makes_it_the_query(ab):
     assert delta.delta.startswith("+")  # B helps this query
 
 
+def test_a_comparison_picked_on_another_dataset_falls_back_to_the_baseline_not_the_first_choice():
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Embedding_space.py"), default_timeout=300)
+    at.session_state["frpt.source"] = "Demo"
+    at.session_state["frpt.demo"] = "frpt"
+    at.session_state["frpt.emb.mode"] = "Against another checkpoint"
+    at.session_state["frpt.emb.other"] = "cub/compact-pt"  # picked while the sidebar was on a CUB checkpoint
+    at.run()
+    _ok(at)
+    assert at.selectbox(key="w.emb.other").value == "pt"  # the frozen baseline, not "frpt" (the first option)
+
+
 def test_embedding_page_class_picker_and_nearest_neighbour_colouring():
     at = _page("3_Embedding_space.py")
     _ok(at)

@@ -58,8 +58,9 @@ def pick_checkpoint(ctx: Context, label: str, key: str, default: str) -> str | N
     choices = checkpoint_choices(ctx)
     options = [*choices, FOLDER]
     name = persistent(key, default if default in options else options[0])
-    if name not in options:
-        name = st.session_state[f"frpt.{key}"] = st.session_state[f"w.{key}"] = options[0]
+    if name not in options:  # chosen on another dataset's checkpoints: start again from the default
+        name = default if default in options else options[0]
+        st.session_state[f"frpt.{key}"] = st.session_state[f"w.{key}"] = name
     st.selectbox(label, options, help=f"checkpoints trained on {ctx.dataset}; any other by folder",
                  **widget_args(key))
     if name != FOLDER:

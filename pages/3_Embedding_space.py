@@ -1,14 +1,12 @@
 """Embedding space: UMAP of the test-split embeddings before and after the head (or two checkpoints after their
 heads), aligned, with cluster metrics, a class picker, nearest-neighbour colouring and selected thumbnails."""
-import io
 
-import numpy as np
 import streamlit as st
 
 from frpt.compare import split_mismatch
 from frpt.errors import FRPTError
 from frpt.projection import DEFAULT_MAP_POINTS
-from frpt.ui import cache, download_figure, logic, persistent, sidebar, widget_args
+from frpt.ui import cache, download_figure, download_npy, logic, persistent, sidebar, widget_args
 from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
 
 st.set_page_config(page_title="Embedding space · FRPT Studio", layout="wide")
@@ -97,11 +95,9 @@ for col, (key, title, ckpt, which, xy) in zip(map_cols, panels):
         b.metric("NMI", f"{stats['nmi']:.3f}")
         c.metric("Silhouette", f"{stats['silhouette']:.3f}")
         download_figure(fig, f"umap-{key}.html", f"emb.dl.fig.{key}")
-        buf = io.BytesIO()
         emb = cache.gallery(ckpt, ctx.dataset, ctx.root).embeddings
-        np.save(buf, emb.before if which == "before" else emb.after)
-        st.download_button(f"Download embeddings {which} the head (npy)", buf.getvalue(),
-                           f"embeddings-{key}-{which}.npy", key=f"emb.dl.npy.{key}")
+        download_npy(emb.before if which == "before" else emb.after, f"Download embeddings {which} the head (npy)",
+                     f"embeddings-{key}-{which}.npy", f"emb.dl.npy.{key}")
 
 with map_cols[2]:
     st.markdown(f"**Selected ({len(selection)})**")

@@ -114,3 +114,24 @@ def test_embedding_page_puts_two_checkpoints_side_by_side():
         assert sorted(row for row, in ring["customdata"]) == [3, 7]
     assert "**Selected (2)**" in [m.value for m in at.markdown]
     assert len(at.get("image")) == 2
+
+
+@pytest.mark.slow
+def test_first_page_of_a_process_survives_the_background_umap_warmup(tmp_path):
+    """The warm-up thread used to import umap (pandas, sklearn, scipy) while the page imported plotly and pandas:
+    about one first run in three raised "partially initialized module 'pandas'". Fresh processes, warm-up on."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "first_run.py"
+    script.write_text(
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(ROOT / 'pages' / '3_Embedding_space.py')!r}, default_timeout=300)\n"
+        "at.session_state['frpt.source'] = 'Demo'\nat.session_state['frpt.demo'] = 'frpt'\n"
+        "at.session_state['frpt.emb.mode'] = 'Against another checkpoint'\nat.run()\n"
+        "print('EXCEPTIONS', [e.value for e in at.exception], 'METRICS', len(at.metric))\n")
+    env = {**os.environ, "FRPT_WARM_UMAP": "1", "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300).stdout
+        assert "EXCEPTIONS [] METRICS 6" in out, out[-1000:]

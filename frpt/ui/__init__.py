@@ -2,7 +2,7 @@
 that imports streamlit; what the pages compute lives in :mod:`frpt.ui.logic` and the core modules."""
 from . import cache, logic
 from .state import Context, persistent, sidebar, through_router, widget_args
-from .widgets import Query, download_figure, download_png, pick_image
+from .widgets import Query, download_figure, download_npy, download_png, pick_image
 
-__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "through_router", "widget_args", "Query", "download_figure",
+__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "through_router", "widget_args", "Query", "download_figure", "download_npy",
            "download_png", "pick_image"]

@@ -28,6 +28,11 @@ def start_umap_warmup() -> None:
     (:func:`frpt.projection.warm_umap`). ``FRPT_WARM_UMAP=0`` turns it off (the test suite does)."""
     global _umap_warmup
     if _umap_warmup is None and os.environ.get("FRPT_WARM_UMAP", "1") != "0":
+        # Imported here, in the page's thread, not in the warm-up thread: umap pulls in pandas, sklearn and scipy,
+        # and a module imported by two threads at once can reach the page half-initialised ("partially
+        # initialized module 'pandas' has no attribute 'Series'" from plotly, seen 1 run in 3). Once per process.
+        import umap  # noqa: F401
+
         from ..projection import warm_umap
 
         _umap_warmup = threading.Thread(target=warm_umap, name="frpt-umap-warmup", daemon=True)

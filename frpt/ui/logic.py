@@ -221,7 +221,8 @@ def umap_figure(coords: np.ndarray, rows: np.ndarray, labels: np.ndarray, classe
                         marker={"size": 14, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}})
     # No dragmode: Streamlit's default (pan) keeps click-to-select; in box/lasso mode it turns clicks off.
     # The legend goes under the map, so two maps side by side keep their width.
-    fig.update_layout(title=title, height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    # The toolbar stands on the right edge, so it never covers the title of a half-width map.
+    fig.update_layout(title=title, height=520, margin={"l": 10, "r": 40, "t": 40, "b": 10}, modebar={"orientation": "v"},
                       legend={"itemsizing": "constant", "orientation": "h", "yanchor": "top", "y": -0.02, "x": 0},
                       xaxis={"visible": False}, yaxis={"visible": False}, uirevision=title)
     return fig

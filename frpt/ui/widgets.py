@@ -1,6 +1,8 @@
 """Reusable page widgets: the query picker (gallery browser with class filter, or an upload) and downloads."""
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +70,17 @@ def pick_image(ctx: Context, page: str, allow_upload: bool = True) -> Query | No
 
 def download_png(label: str, image: np.ndarray, file_name: str, key: str) -> None:
     st.download_button(label, png_bytes(image), file_name=file_name, mime="image/png", key=key)
+
+
+def download_npy(array: np.ndarray, label: str, file_name: str, key: str) -> None:
+    """``array`` as a .npy file, serialised only when the button is clicked (Streamlit runs the callable then): a
+    mapped gallery of a million rows must not be copied into memory on every rerun of the page."""
+    def npy() -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array))
+        return buf.getvalue()
+
+    st.download_button(label, npy, file_name=file_name, mime="application/octet-stream", key=key)
 
 
 def download_figure(fig, file_name: str, key: str) -> None:

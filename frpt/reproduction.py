@@ -288,7 +288,11 @@ def columns(lines: list[dict[str, Any]]) -> list[str]:
             *(["note"] if some("note") else [])]
 
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+# One colour per preset/profile group (13 with the GPU rows): plotly's Dark24 without its near-black, which the
+# paper's diamonds use.
+PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B", "#511CFB",
+           "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1", "#620042",
+           "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038")
 
 
 def figure(lines: list[dict[str, Any]], groups: list[str] | None = None, title: str = ""):

@@ -66,6 +66,10 @@ def test_rows_from_a_lent_gpu_are_read_too_and_kept_apart_from_the_cpu_rows():
     assert not {r.group for r in gpu} & {r.group for r in cpu}  # never the best row of a CPU group
     assert "lent H100" in rep.our_setting(both) and "lent" not in rep.our_setting(cpu)
     assert rep.provenance(gpu)[0]["data"].startswith("CUB re-encoded as WebP")
+    groups = sorted({r.group for r in both})
+    lines = [line for table in rep.TABLES for line in rep.comparison(both, table)]
+    colours = {t.name: t.marker.color for t in rep.figure(lines, groups).data if t.name.startswith("ours")}
+    assert len(set(colours.values())) == len(colours)  # every group its own colour
 
 
 def test_matching_respects_dataset_variant_and_presets(tmp_path):

@@ -40,7 +40,7 @@ from .feature_cache import CachedSplit, cache_split
 from .losses import cross_entropy
 from .metrics import retrieval_metrics
 from .models import FRPT, GeneralizedMeanPooling
-from .training import store_test_gallery
+from .training import build_optimizer, lr_at, store_test_gallery
 
 
 def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -184,8 +184,6 @@ def train_head(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConf
     """Train CAH + embedding head on every cached view of ``fit`` for ``epochs`` epochs (cosine schedule over
     ``cfg.epochs``). Returns one record per epoch; with ``val``, each holds the validation metrics of the
     multi-view embedding and the head state of the best epoch is left in the model."""
-    from .training import build_optimizer, lr_at
-
     classes, targets = np.unique(cached.labels[fit], return_inverse=True)
     device = model.pixel_mean.device
     optimizer = build_optimizer(model, cfg)

@@ -3,6 +3,7 @@ import streamlit as st
 
 from frpt.demo import available_demos
 from frpt.errors import FRPTError
+from frpt.gallery import gallery_file
 from frpt.training import read_log
 from frpt.ui import cache, logic, sidebar
 
@@ -16,6 +17,9 @@ with left:
     st.subheader("Card")
     summary = logic.card_summary(ctx.card, report)
     st.table({"": list(summary.keys()), "value": [str(v) for v in summary.values()]})
+    test_set = ctx.test_set()
+    st.caption(logic.gallery_status(gallery_file(ctx.card, test_set, ctx.root).is_file(), len(test_set),
+                                    ctx.checkpoint, ctx.dataset, ctx.root))
 with right:
     st.subheader("Learned vs frozen parameters")
     st.dataframe([{"module": m, **c} for m, c in report.items()], hide_index=True, width="stretch")

@@ -22,3 +22,12 @@ def test_first_visit_progress_estimates_time_left_and_names_the_precompute_comma
     assert "left" not in start and "0/5924" in start
     assert "python -m frpt embed --checkpoint assets/cub/compact-frpt --dataset cub`" in start
     assert "--dataset cub --root ../data/CUB`" in embedding_progress(1, 9, 1.0, "ck", "cub", "../data/CUB")
+
+
+def test_checkpoints_page_says_whether_the_test_gallery_is_stored():
+    from frpt.ui.logic import gallery_status
+
+    assert "nothing is embedded" in gallery_status(True, 5924, "runs/x", "cub")
+    cold = gallery_status(False, 5924, "assets/cub/compact-frpt", "cub", "../data/CUB")
+    assert "embeds the 5924 test images" in cold
+    assert "`python -m frpt embed --checkpoint assets/cub/compact-frpt --dataset cub --root ../data/CUB`" in cold

@@ -144,8 +144,21 @@ def embedding_progress(done: int, total: int, elapsed_s: float, checkpoint: str,
     if 0 < done < total and elapsed_s > 0:
         left = (total - done) * elapsed_s / done
         text += f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
-    command = f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
-    return f"{text}. Stored beside the checkpoint; before a demo, `{command}` does this ahead."
+    return f"{text}. Stored beside the checkpoint; before a demo, `{embed_command(checkpoint, dataset, root)}` does this ahead."
+
+
+def embed_command(checkpoint: str, dataset: str, root: str | None = None) -> str:
+    """The command that stores a checkpoint's test gallery and maps ahead of a demo."""
+    return f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
+
+
+def gallery_status(stored: bool, images: int, checkpoint: str, dataset: str, root: str | None = None) -> str:
+    """One sentence for the Checkpoints page: whether the test gallery is stored, and what a first visit costs."""
+    if stored:
+        return (f"Test gallery stored ({images} images): Retrieval and Embedding space read it, nothing is "
+                "embedded on a first visit.")
+    return (f"No stored test gallery yet: the first visit of Retrieval or Embedding space embeds the {images} test "
+            f"images (minutes at 224 px on a CPU). Before a demo: `{embed_command(checkpoint, dataset, root)}`.")
 
 
 def class_colors(classes: list[str]) -> dict[str, str]:

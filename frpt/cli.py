@@ -214,7 +214,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     dataset = _dataset(args, "test", card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
                                  precision=args.precision, progress=not args.quiet)
-    q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)  # as the gallery was
+    # at the gallery's own precision, so the query matches its own row
+    q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)
     scores, idx = RetrievalIndex(gallery.embeddings.after).search(q, args.k)
     labels = gallery.embeddings.labels
     results = [{"rank": r + 1, "path": gallery.ids[i], "label": int(labels[i]), "class": gallery.classes[labels[i]],

@@ -282,7 +282,8 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
         test_emb = Embeddings(before.numpy(), after.numpy(), np.asarray(test_maps.labels))
     save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
                     epoch=report.get("head_epochs", 0), metrics=metrics, extra={"compact": report})
-    store_test_gallery(out_dir, test_set, dataset_info, test_emb, resolve_precision(precision, model.pixel_mean.device))
+    store_test_gallery(out_dir, test_set, dataset_info, test_emb,
+                       resolve_precision(precision, model.pixel_mean.device))  # the cache's precision
     return load_card(out_dir)
 
 

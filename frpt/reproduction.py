@@ -119,11 +119,16 @@ class OurRow:
     data_copy: str | None = None  # how the images differ from the dataset as published (e.g. a WebP re-encoding)
 
     @property
+    def gpu(self) -> str:
+        """The NVIDIA GPU the row ran on (e.g. "H100"), "" for a CPU row."""
+        found = re.search(r"NVIDIA (\S+)", self.machine or "")
+        return found.group(1) if found else ""
+
+    @property
     def where(self) -> str:
         """"" for our usual CPU rows; otherwise the GPU and the data copy, e.g. "H100, WebP copy"."""
-        gpu = re.search(r"NVIDIA (\S+)", self.machine or "")
         copy = "WebP copy" if "webp" in (self.data_copy or "").lower() else "data copy" if self.data_copy else ""
-        return ", ".join(x for x in (gpu.group(1) if gpu else "", copy) if x)
+        return ", ".join(x for x in (self.gpu, copy) if x)
 
     @property
     def group(self) -> str:
@@ -160,9 +165,11 @@ def _our_row(r: dict[str, Any]) -> OurRow:
                   machine=r.get("machine"), data_copy=r.get("data_copy"))
 
 
-def _read_records(path: Path) -> list:
+def _read_records(path: Path) -> tuple[bytes, list]:
+    """The file's bytes and its list of records, read once."""
     try:
-        records = json.loads(path.read_bytes())
+        raw = path.read_bytes()
+        records = json.loads(raw)
     except FileNotFoundError:
         raise ResultsError(f"No results file at {path}: run bench/ablation.py to measure rows of ours.") from None
     except (OSError, ValueError) as exc:
@@ -170,7 +177,7 @@ def _read_records(path: Path) -> list:
                            "reload in a moment.") from None
     if not isinstance(records, list):
         raise ResultsError(f"{path} holds no list of result rows.")
-    return records
+    return raw, records
 
 
 def load_results(path: str | Path | None = None) -> Results:
@@ -181,14 +188,15 @@ def load_results(path: str | Path | None = None) -> Results:
         paths = [Path(path)]
     else:
         paths = [RESULTS] + ([RESULTS_GPU] if RESULTS_GPU.is_file() else [])
-    records = [r for p in paths for r in _read_records(p)]
+    files = [_read_records(p) for p in paths]
+    records = [r for _, recs in files for r in recs]
     rows, skipped = [], 0
     for r in records:
         try:
             rows.append(_our_row(r))
         except (KeyError, TypeError, ValueError, AttributeError):
             skipped += 1
-    raw = paths[0].read_bytes() if len(paths) == 1 else json.dumps(records, indent=1).encode()
+    raw = files[0][0] if len(files) == 1 else json.dumps(records, indent=1).encode()
     return Results(tuple(rows), skipped, raw)
 
 
@@ -197,10 +205,10 @@ def our_setting(rows: list[OurRow] | tuple[OurRow, ...]) -> str:
     setting sentence): e.g. "efficientnet_lite0 at 128 or 224 px on a 2-core CPU"."""
     backbones = " / ".join(sorted({r.backbone for r in rows}))
     sizes = " or ".join(str(s) for s in sorted({r.input_size for r in rows}))
-    cpu_rows = [r for r in rows if "NVIDIA" not in (r.machine or "")]
-    cores = sorted({m.group(1) for r in cpu_rows if r.machine and (m := re.search(r"(\d+) CPU", r.machine))}, key=int)
+    cores = sorted({m.group(1) for r in rows if not r.gpu and r.machine and (m := re.search(r"(\d+) CPU", r.machine))},
+                   key=int)
     where = f" on a {' or '.join(cores)}-core CPU" if cores else ""
-    gpus = sorted({r.where.split(",")[0] for r in rows if "NVIDIA" in (r.machine or "")})
+    gpus = sorted({r.gpu for r in rows if r.gpu})
     where += f" (and a few rows on a lent {' / '.join(gpus)})" if gpus else ""
     return f"{backbones} at {sizes} px{where}" if rows else ""
 

@@ -38,6 +38,8 @@ from .metrics import retrieval_metrics
 from .models import FRPT
 
 LOG = "log.csv"
+# Training's test evaluation runs in fp32 (its figures are the card's metrics); the stored gallery records it.
+TEST_PRECISION = "fp32"
 LOG_FIELDS = ("epoch", "train_loss", "lr", "recall@1", "seconds")
 
 
@@ -209,7 +211,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         if main:
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=start_epoch,
                             metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
-            store_test_gallery(out_dir, test_set, dataset_info, test_emb)
+            store_test_gallery(out_dir, test_set, dataset_info, test_emb, TEST_PRECISION)
         return distributed.broadcast_object(load_card(out_dir) if main else None)
     net: torch.nn.Module = model
     if world > 1:
@@ -258,7 +260,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
                             metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
             if last:
-                store_test_gallery(out_dir, test_set, dataset_info, test_emb)
+                store_test_gallery(out_dir, test_set, dataset_info, test_emb, TEST_PRECISION)
     return distributed.broadcast_object(load_card(out_dir) if main else None)  # rank 0's card, on every process
 
 
@@ -267,13 +269,13 @@ def _test_pass(model: FRPT, test_set: Dataset | None, batch_size: int, device: t
     """Test-split figures and the embeddings they came from (none without a test split)."""
     if test_set is None:
         return {}, None
-    emb = extract_embeddings(model, test_set, batch_size=batch_size, device=device, workers=workers,
-                             progress=progress)
+    emb = extract_embeddings(model, test_set, batch_size=batch_size, device=device, precision=TEST_PRECISION,
+                             workers=workers, progress=progress)
     return score_embeddings(emb), emb
 
 
 def store_test_gallery(out_dir: Path, test_set: Dataset | None, dataset_info: dict[str, Any],
-                       embeddings: Embeddings | None, precision: str = "fp32") -> None:
+                       embeddings: Embeddings | None, precision: str) -> None:
     """The final test embeddings become the saved checkpoint's gallery (:func:`frpt.gallery.store_gallery`), so
     the app opens a checkpoint trained here without embedding the test split again. Rank 0 only."""
     if embeddings is None or not isinstance(test_set, RetrievalDataset):

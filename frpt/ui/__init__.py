@@ -4,5 +4,5 @@ from . import cache, logic
 from .state import Context, persistent, sidebar, through_router, widget_args
 from .widgets import Query, download_figure, download_npy, download_png, pick_image
 
-__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "through_router", "widget_args", "Query", "download_figure", "download_npy",
-           "download_png", "pick_image"]
+__all__ = ["cache", "logic", "Context", "persistent", "sidebar", "through_router", "widget_args", "Query",
+           "download_figure", "download_npy", "download_png", "pick_image"]

@@ -11,6 +11,12 @@ search is too slow or too big; ``choose_spec`` picks it by gallery size and a me
 (bench/bench_index.py, bench/RESULTS.md "Approximate index"), and ``build`` calibrates nprobe/efSearch to a
 target recall@10 on held-out gallery rows. ``save``/``load`` keep the choice in ``index.json`` beside
 ``vectors.npy`` (L2-normalised, memory-mapped on load) and ``faiss.index``.
+
+On a GPU (``device="cuda"``) exact search is a scan of the normalised vectors held in device memory (fp16 unless
+the budget allows fp32; fp16 scores pick ``RERANK`` x k candidates that are re-scored in float32): an H100 reads
+1M x 1280 fp16 rows in about a millisecond, so exact search wins at every size that fits the card, including
+random vectors, where no approximate index reaches recall@10 0.95 without scanning everything
+(bench/bench_gpu_index.py, bench/RESULTS.md "Exact search on a GPU").
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -31,6 +38,7 @@ QUERY_BLOCK = 256        # queries per block: bounds the (queries x block) score
 EXACT_MAX_N = 100_000    # above: approximate; exact is ~65 ms per single query here (RESULTS "Approximate index")
 HNSW_MAX_N = 1_000_000   # above: IVF. At 1M clustered rows HNSW32-SQ8 met the 1M goal (recall@10 0.99 at 3.4 ms a
                          # query, 1.8 GB owned) where IVF did not, but took 19 min to build on 2 cores (IVF: 1-6 min)
+DEVICE_BLOCK = 262_144  # gallery rows per scored block on a torch device (256 queries: 134 MB of fp16 scores)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 RERANK = 4               # sq8/pq codes: re-score RERANK * k candidates from vectors.npy
@@ -60,12 +68,15 @@ class IndexSpec:
     index_bytes: int = 0        # estimate of what a search keeps resident
     recall_at_10: float | None = None  # calibration estimate: held-out gallery rows vs exact search
     note: str = ""              # why the choice differs from choose_spec's, if it does
+    device: str = ""            # torch device holding the vectors of an exact search ("": host numpy)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.storage not in STORAGES:
             raise ValueError(f"unknown index kind/storage {self.kind}/{self.storage}")
         if self.kind == "exact" and self.storage not in ("fp32", "fp16"):
             raise ValueError("exact search stores fp32 or fp16 vectors")
+        if self.device and self.kind != "exact":
+            raise ValueError(f"only exact search runs on a torch device (faiss-cpu builds {self.kind} indexes)")
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -108,10 +119,16 @@ def make_spec(kind: str, storage: str, n: int, dim: int, **overrides) -> IndexSp
     return spec
 
 
-def choose_spec(n: int, dim: int, memory_budget: int | None = None) -> IndexSpec:
+def choose_spec(n: int, dim: int, memory_budget: int | None = None, device: str = "") -> IndexSpec:
     """Exact up to ``EXACT_MAX_N`` vectors, HNSW up to ``HNSW_MAX_N``, IVF beyond; within that kind the most
     precise storage whose resident size fits ``memory_budget`` bytes (None: no limit). When nothing of the
-    preferred kind fits, the other approximate kinds are tried (IVF first: its codes carry the least overhead)."""
+    preferred kind fits, the other approximate kinds are tried (IVF first: its codes carry the least overhead).
+    On a GPU ``device`` (``memory_budget`` then counts device memory) exact search comes first at every size."""
+    if device and device != "cpu":
+        exact = _exact_within(n, dim, memory_budget)
+        if exact is not None:
+            exact.device = device
+            return exact
     order = ["exact", "hnsw", "ivf"] if n <= EXACT_MAX_N else ["hnsw", "ivf"] if n <= HNSW_MAX_N else ["ivf"]
     order += [k for k in ("ivf", "hnsw") if k not in order]
     for kind in order:
@@ -190,8 +207,13 @@ class RetrievalIndex:
         self.vectors = vectors
         self.spec = spec
         self._faiss = faiss_index
-        # row norms divide exact scores (no normalised copy); "unit": stored normalised (saved indexes)
-        self._norms = None if isinstance(norms, str) else row_norms(vectors) if norms is None else norms
+        self._on_device = None  # torch tensor of the normalised vectors when spec.device is set
+        if spec.device:
+            self._norms = None
+            self._on_device = _upload(vectors, spec)  # normalised there: no host pass for the norms
+        else:
+            # row norms divide exact scores (no normalised copy); "unit": stored normalised (saved indexes)
+            self._norms = None if isinstance(norms, str) else row_norms(vectors) if norms is None else norms
         if spec.index_bytes == 0:
             spec.index_bytes = estimate_bytes(spec)
 
@@ -205,15 +227,18 @@ class RetrievalIndex:
     # ------------------------------------------------------------ build / save / load
     @classmethod
     def build(cls, embeddings: np.ndarray, memory_budget: int | None = None, spec: IndexSpec | None = None, *,
-              target_recall: float | None = 0.95, calibration_queries: int = 200, seed: int = 0) -> RetrievalIndex:
+              target_recall: float | None = 0.95, calibration_queries: int = 200, seed: int = 0,
+              device: str = "") -> RetrievalIndex:
         """Index ``embeddings`` (an array or memmap, not copied) with ``spec`` or ``choose_spec``'s choice.
         Approximate kinds are trained on a seeded sample and filled block by block; with ``target_recall``
         their nprobe/efSearch is raised until recall@10 on held-out gallery rows reaches it. An automatic choice
         that only reaches it by searching exhaustively becomes exact search when that fits ``memory_budget``.
-        ``storage`` shapes what ``save`` writes and ``load`` maps; in memory an exact index scans ``embeddings``."""
+        ``storage`` shapes what ``save`` writes and ``load`` maps; in memory an exact index scans ``embeddings``,
+        or, with ``device`` (a torch device such as "cuda"), a normalised copy in that device's memory."""
         n, dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         auto = spec is None
-        spec = replace(spec, n=n, dim=dim) if spec else choose_spec(n, dim, memory_budget)
+        spec = replace(spec, n=n, dim=dim) if spec else choose_spec(n, dim, memory_budget, device)
+        spec.device = device or spec.device
         if (spec.kind != "exact" and not (spec.nlist or spec.M)) or (spec.storage == "pq" and not spec.pq_m):
             raise ValueError(f"incomplete {spec.kind} spec {spec}: use make_spec()")
         t0 = time.perf_counter()
@@ -263,13 +288,15 @@ class RetrievalIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, mmap: bool = True) -> RetrievalIndex:
-        """Read what ``save`` wrote; ``mmap`` maps vectors.npy (and IVF lists) instead of reading them."""
+    def load(cls, folder: str | os.PathLike, mmap: bool = True, device: str = "") -> RetrievalIndex:
+        """Read what ``save`` wrote; ``mmap`` maps vectors.npy (and IVF lists) instead of reading them; ``device``
+        (exact indexes) searches from a copy in that torch device's memory, whatever device built it."""
         folder = Path(folder)
         record = json.loads((folder / INDEX_JSON).read_text())
         if record.get("format") != FORMAT:
             raise ValueError(f"{folder / INDEX_JSON}: unknown format {record.get('format')}")
-        spec = IndexSpec(**{f.name: record[f.name] for f in fields(IndexSpec) if f.name in record})
+        spec = IndexSpec(**{f.name: record[f.name] for f in fields(IndexSpec) if f.name in record and f.name != "device"},
+                         device=device)
         vectors = np.load(folder / record["vectors"], mmap_mode="r" if mmap else None)
         if vectors.shape != (spec.n, spec.dim):
             raise ValueError(f"{folder}: vectors {vectors.shape} but index.json says {(spec.n, spec.dim)}")
@@ -310,10 +337,14 @@ class RetrievalIndex:
 
     def _block(self, start: int, stop: int) -> np.ndarray:
         """Gallery rows [start, stop) as L2-normalised float32."""
+        if self._on_device is not None:
+            return self._on_device[start:stop].float().cpu().numpy()
         b = np.asarray(self.vectors[start:stop], dtype=np.float32)
         return b if self._norms is None else b / self._norms[start:stop, None]
 
     def _exact(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._on_device is not None:
+            return self._exact_on_device(q, kk)
         best_s = np.full((len(q), 0), -np.inf, np.float32)
         best_i = np.zeros((len(q), 0), np.int64)
         for s in range(0, len(self), GALLERY_BLOCK):
@@ -332,6 +363,33 @@ class RetrievalIndex:
                                         np.concatenate([best_i, np.concatenate(new_i)], 1), kk)
         return best_s, best_i
 
+    def _exact_on_device(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Blocked scan of the device copy: the top ``fetch`` of each block by scores in the storage dtype, merged;
+        with fp16 storage the ``RERANK * kk`` candidates are re-scored in float32 (fp16 scores near 0.1 are only
+        resolved to ~1e-4, the size of the gaps between neighbours among a million random vectors)."""
+        import torch
+
+        g = self._on_device
+        fp16 = g.dtype != torch.float32
+        fetch = min(len(g), RERANK * kk if fp16 else kk)
+        scores_out, idx_out = [], []
+        with torch.inference_mode():
+            queries = torch.from_numpy(q).to(g.device)
+            for qs in range(0, len(queries), QUERY_BLOCK):
+                qb = queries[qs:qs + QUERY_BLOCK]
+                best_s = torch.empty((len(qb), 0), dtype=g.dtype, device=g.device)
+                best_i = torch.empty((len(qb), 0), dtype=torch.int64, device=g.device)
+                for s in range(0, len(g), DEVICE_BLOCK):
+                    sims = qb.to(g.dtype) @ g[s:s + DEVICE_BLOCK].T
+                    top_s, top_i = sims.topk(min(fetch, sims.shape[1]), dim=1)
+                    best_s, pick = torch.cat([best_s, top_s], 1).topk(min(fetch, best_s.shape[1] + top_s.shape[1]), 1)
+                    best_i = torch.cat([best_i, top_i + s], 1).gather(1, pick)
+                if fp16:  # float32 scores of the candidates, from the same stored rows
+                    best_s = torch.einsum("qd,qcd->qc", qb, g[best_i].float())
+                scores_out.append(best_s.float().cpu().numpy())
+                idx_out.append(best_i.cpu().numpy())
+        return _merge_top(np.concatenate(scores_out), np.concatenate(idx_out), kk)  # ties: gallery order, as on host
+
     def _approximate(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         fetch = min(max(kk, self.spec.rerank * kk), len(self))
         scores, idx = self._faiss.search(q, fetch)
@@ -345,6 +403,9 @@ class RetrievalIndex:
         return _merge_top(scores, idx.astype(np.int64), kk)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
+        if self._on_device is not None:
+            import torch
+            return self._on_device[torch.as_tensor(rows, device=self._on_device.device)].float().cpu().numpy()
         g = np.asarray(self.vectors[rows], dtype=np.float32)
         return g if self._norms is None else g / self._norms[rows, None]
 
@@ -391,6 +452,8 @@ class RetrievalIndex:
 
     def exact_topk(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Exact top-``k`` indices whatever this index's kind (ground truth for recall)."""
+        if self._on_device is not None:
+            return self.search(queries, k, exclude=exclude)[1]
         exact = RetrievalIndex.__new__(RetrievalIndex)
         exact._setup(self.vectors, replace(self.spec, kind="exact", storage="fp32", rerank=0), None,
                      self._norms if self._norms is not None else "unit")
@@ -401,6 +464,22 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Share of the true top-k (rows of ``truth``) that ``found`` recovered, averaged over queries."""
     k = truth.shape[1]
     return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
+
+
+def _upload(x: np.ndarray, spec: IndexSpec):
+    """The rows of ``x`` L2-normalised into a tensor on ``spec.device`` in ``spec.storage``'s dtype, a block at a
+    time: the host reads each block once and never holds a normalised copy."""
+    import torch
+
+    dtype = torch.float32 if spec.storage == "fp32" else torch.float16
+    out = torch.empty((len(x), x.shape[1]), dtype=dtype, device=spec.device)
+    for s in range(0, len(x), GALLERY_BLOCK):
+        with warnings.catch_warnings():  # a read-only memmap: the tensor is only read, so no copy is needed
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            block = torch.from_numpy(np.ascontiguousarray(x[s:s + GALLERY_BLOCK]))
+        block = block.to(spec.device).float()
+        out[s:s + len(block)] = torch.nn.functional.normalize(block, dim=1, eps=1e-12)
+    return out
 
 
 def _train_and_fill(x: np.ndarray, spec: IndexSpec, seed: int):

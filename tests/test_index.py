@@ -157,3 +157,35 @@ def test_one_exact_backend_and_query_width_checked(gallery):
         RetrievalIndex(gallery, backend="faiss")
     with pytest.raises(ValueError, match="width"):
         RetrievalIndex(gallery).search(np.ones(DIM + 1, np.float32), 3)
+
+
+def test_exact_search_on_a_torch_device_matches_the_host_path(tmp_path, gallery):
+    """The GPU path (run here on torch's CPU device): fp32 gives the host's ranking; fp16 storage, re-scored in
+    float32, keeps nearly all of it and float32-accurate scores; save/load and leave-one-out behave alike."""
+    queries = clustered(200, seed=5)
+    host_s, host_i = RetrievalIndex(gallery).search(queries, 10)
+    on_fp32 = RetrievalIndex.build(gallery, spec=make_spec("exact", "fp32", 0, DIM), device="cpu")
+    s, i = on_fp32.search(queries, 10)
+    np.testing.assert_array_equal(i, host_i)
+    np.testing.assert_allclose(s, host_s, atol=1e-5)
+    on_fp16 = RetrievalIndex.build(gallery, spec=make_spec("exact", "fp16", 0, DIM), device="cpu")
+    s, i = on_fp16.search(queries, 10)
+    assert recall_at_k(i, host_i) >= 0.98
+    np.testing.assert_allclose(s[:, 0], host_s[:, 0], atol=2e-3)  # fp16 rows, float32 arithmetic
+    rows = np.arange(50)
+    _, loo = on_fp16.search(gallery[rows], 5, exclude=rows)
+    assert not (loo == rows[:, None]).any() and loo.shape == (50, 5)
+    loaded = RetrievalIndex.load(on_fp16.save(tmp_path / "ix"), device="cpu")
+    assert loaded.spec.device == "cpu" and loaded.spec.storage == "fp16"
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], i)
+    np.testing.assert_array_equal(RetrievalIndex.load(tmp_path / "ix").search(queries, 10)[1], i)  # host reads it
+
+
+def test_a_gpu_prefers_exact_search_within_its_memory():
+    assert choose_spec(1_000_000, 1280, 3 * 2**30).kind == "hnsw"  # host: exact is ~170 ms a query at 1M
+    on_gpu = choose_spec(1_000_000, 1280, 3 * 2**30, device="cuda")
+    assert (on_gpu.kind, on_gpu.storage, on_gpu.device) == ("exact", "fp16", "cuda")
+    assert choose_spec(10_000_000, 1280, 30 * 2**30, device="cuda").storage == "fp16"
+    assert choose_spec(10_000_000, 1280, 10 * 2**30, device="cuda").kind == "ivf"  # fp16 needs 25.6 GB
+    with pytest.raises(ValueError, match="only exact search"):
+        make_spec("hnsw", "fp16", 10, DIM, device="cuda")

@@ -38,7 +38,8 @@ QUERY_BLOCK = 256        # queries per block: bounds the (queries x block) score
 EXACT_MAX_N = 100_000    # above: approximate; exact is ~65 ms per single query here (RESULTS "Approximate index")
 HNSW_MAX_N = 1_000_000   # above: IVF. At 1M clustered rows HNSW32-SQ8 met the 1M goal (recall@10 0.99 at 3.4 ms a
                          # query, 1.8 GB owned) where IVF did not, but took 19 min to build on 2 cores (IVF: 1-6 min)
-DEVICE_BLOCK = 262_144  # gallery rows per scored block on a torch device (256 queries: 134 MB of fp16 scores)
+DEVICE_SCORES = 1 << 26  # scores per block on a torch device (128 MB of fp16): 256 queries x 262,144 rows, or
+                         # one query against 64M rows, so a single query is one read of the gallery
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 RERANK = 4               # sq8/pq codes: re-score RERANK * k candidates from vectors.npy
@@ -379,8 +380,9 @@ class RetrievalIndex:
                 qb = queries[qs:qs + QUERY_BLOCK]
                 best_s = torch.empty((len(qb), 0), dtype=g.dtype, device=g.device)
                 best_i = torch.empty((len(qb), 0), dtype=torch.int64, device=g.device)
-                for s in range(0, len(g), DEVICE_BLOCK):
-                    sims = qb.to(g.dtype) @ g[s:s + DEVICE_BLOCK].T
+                rows = max(1, DEVICE_SCORES // len(qb))
+                for s in range(0, len(g), rows):
+                    sims = qb.to(g.dtype) @ g[s:s + rows].T
                     top_s, top_i = sims.topk(min(fetch, sims.shape[1]), dim=1)
                     best_s, pick = torch.cat([best_s, top_s], 1).topk(min(fetch, best_s.shape[1] + top_s.shape[1]), 1)
                     best_i = torch.cat([best_i, top_i + s], 1).gather(1, pick)
@@ -473,12 +475,13 @@ def _upload(x: np.ndarray, spec: IndexSpec):
 
     dtype = torch.float32 if spec.storage == "fp32" else torch.float16
     out = torch.empty((len(x), x.shape[1]), dtype=dtype, device=spec.device)
-    for s in range(0, len(x), GALLERY_BLOCK):
+    for s in range(0, len(x), ADD_BLOCK):  # small blocks: 84 MB beside the copy at width 1280 (a budget of 3 GB)
         with warnings.catch_warnings():  # a read-only memmap: the tensor is only read, so no copy is needed
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            block = torch.from_numpy(np.ascontiguousarray(x[s:s + GALLERY_BLOCK]))
+            block = torch.from_numpy(np.ascontiguousarray(x[s:s + ADD_BLOCK]))
         block = block.to(spec.device).float()
-        out[s:s + len(block)] = torch.nn.functional.normalize(block, dim=1, eps=1e-12)
+        block /= torch.linalg.vector_norm(block, dim=1, keepdim=True).clamp_min_(1e-12)
+        out[s:s + len(block)] = block
     return out
 
 

@@ -10,7 +10,8 @@ host memory (a float32 array, as ``frpt embed`` stores embeddings); the ground t
 float32 blocks on the GPU, in float32 with TF32 off, by this script's own brute force, not by the library. The
 budget is ``--budget-gb-per-million`` times the gallery's millions (3 GB at 1M, 30 GB at 10M). Queries are
 fresh draws. One JSON line per figure; GPU memory is ``torch.cuda.max_memory_allocated`` (what the index and its
-search allocate; the CUDA context, ~0.5 GB, is not in it), host memory the process' anonymous RSS.
+search allocate; the CUDA context is not in it), the allocator's reserved peak, and the card's used memory
+after the search (context and cache included); host memory the process' anonymous RSS.
 
   python bench/bench_gpu_index.py --n 1000000 10000000 --out "$OUT"
 """
@@ -48,6 +49,12 @@ def rss_anon_gb() -> float:
         if line.startswith("RssAnon:"):
             return round(int(line.split()[1]) * 1024 / 2**30, 2)
     return float("nan")
+
+
+def device_used_gb() -> float:
+    """Device memory in use on the whole card (this process: its CUDA context and allocator cache included)."""
+    free, total = torch.cuda.mem_get_info()
+    return round((total - free) / 2**30, 3)
 
 
 def unit(gen: torch.Generator, rows: int, dim: int) -> torch.Tensor:
@@ -106,6 +113,7 @@ def bench(args: argparse.Namespace, n: int, out: Path | None) -> None:
          gpu_peak_build_gb=round(build_peak / 2**30, 3),
          gpu_peak_search_gb=round(torch.cuda.max_memory_allocated() / 2**30, 3),
          gpu_peak_reserved_gb=round(torch.cuda.max_memory_reserved() / 2**30, 3),
+         gpu_used_after_search_gb=device_used_gb(), alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
          host_rss_anon_gb=rss_anon_gb(), queries=len(q), recall_at_10=round(recall_at_k(found, truth), 4), **lat)
     del index
     torch.cuda.empty_cache()

@@ -8,6 +8,15 @@ norms computed once, the full ranking for AP and R@K). Prints one JSON line per 
 (mapped gallery pages: shared page cache) resident set from /proc/self/status.
 
     python bench/bench_large_gallery.py --n 1000000 --workdir runs/large_gallery
+
+``--app CHECKPOINT`` instead prepares the app for a browser check on a million *images*: an ImageFolder tree of
+``--n`` test images (``--classes`` test classes plus as many one-image train classes; each image a symbolic link to
+a CUB image of CUB class ``c % 200``, so a class's thumbnails show one species) and a copy of CHECKPOINT whose stored
+test gallery for that folder holds the synthetic vectors (label = folder class): open the copy with the folder
+dataset and the page ranks a million rows and shows their images. Listing the tree and writing the gallery are timed.
+
+    python bench/bench_large_gallery.py --app assets/cub/compact-frpt --cub-root ../shared/data/CUB_200_2011 \
+        --n 1000000 --workdir runs/large_gallery   # then: FRPT_FOLDER_ROOT=runs/large_gallery/folder make app
 """
 from __future__ import annotations
 
@@ -99,6 +108,74 @@ def measure(path: Path, queries: int, k: int, map_points: int) -> None:
                           **rss()}), flush=True)
 
 
+def _cub_images_by_class(cub_root: Path) -> dict[int, list[Path]]:
+    names = dict(line.split() for line in (cub_root / "images.txt").read_text().splitlines() if line.strip())
+    by_class: dict[int, list[Path]] = {}
+    for line in (cub_root / "image_class_labels.txt").read_text().splitlines():
+        if line.strip():
+            image_id, cls = line.split()
+            by_class.setdefault(int(cls) - 1, []).append((cub_root / "images" / names[image_id]).resolve())
+    return by_class
+
+
+def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes: int, seed: int) -> None:
+    """The folder tree, the checkpoint copy and its stored gallery (see the module docstring)."""
+    import shutil
+
+    from frpt.checkpoint import load_card
+    from frpt.data.folder import build_folder
+    from frpt.evaluation import Embeddings
+    from frpt.gallery import store_gallery
+
+    folder, ckpt = workdir / "folder", workdir / "checkpoint"
+    started = time.perf_counter()
+    if not (folder / ".complete").is_file():
+        by_class = _cub_images_by_class(cub_root)
+        per_class = [n // classes + (c < n % classes) for c in range(classes)]
+        for c in range(classes):
+            images = by_class[c % len(by_class)]
+            for split, count in (("a-train", 1), ("b-test", per_class[c])):
+                d = folder / f"{split}-{c:05d}"
+                d.mkdir(parents=True, exist_ok=True)
+                for j in range(count):
+                    link = d / f"{j:06d}.jpg"
+                    if not link.is_symlink():
+                        link.symlink_to(images[j % len(images)])
+        (folder / ".complete").touch()
+        print(json.dumps({"bench": "symlink tree", "images": n + classes,
+                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    started = time.perf_counter()
+    dataset = build_folder("test", folder)
+    print(json.dumps({"bench": "build_folder (test split listed)", "images": len(dataset),
+                      "seconds": round(time.perf_counter() - started, 1), **rss()}), flush=True)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for f in checkpoint.iterdir():
+        if f.is_file():
+            shutil.copy2(f, ckpt / f.name)
+    card = load_card(ckpt)
+    from frpt.checkpoint import load_checkpoint
+    import torch
+
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        dim = int(model.embed(torch.zeros(1, 3, card["input_size"], card["input_size"])).shape[1])
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim), dtype=np.float32)
+    labels = np.array([y for _, y in dataset.samples], dtype=np.int64)
+    scratch = workdir / "vectors.scratch.npy"
+    vectors = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.float32, shape=(len(labels), dim))
+    for s in range(0, len(labels), 65_536):
+        block = labels[s:s + 65_536]
+        vectors[s:s + len(block)] = centres[block] + rng.standard_normal((len(block), dim), dtype=np.float32)
+    vectors.flush()
+    gallery = store_gallery(card, dataset, folder, Embeddings(vectors, vectors, labels), "fp32")
+    del vectors
+    scratch.unlink()
+    print(json.dumps({"bench": "store_gallery", "rows": len(gallery.ids), "path": str(gallery.path),
+                      "seconds": round(time.perf_counter() - started, 1), **rss()}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -109,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--map-points", type=int, default=2000, help="Embedding space map size for the NN colours (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="runs/large_gallery")
+    p.add_argument("--app", type=Path, help="a checkpoint folder: prepare the app's million-image check instead")
+    p.add_argument("--cub-root", type=Path, default=REPO.parent / "shared/data/CUB_200_2011")
     p.add_argument("--measure-only", help=argparse.SUPPRESS)  # the fresh process: a gallery file to read
     args = p.parse_args(argv)
+    if args.app:
+        prepare_app(args.app, args.cub_root, Path(args.workdir), args.n, args.classes, args.seed)
+        return 0
     if args.measure_only:
         measure(Path(args.measure_only), args.queries, args.k, args.map_points)
         return 0

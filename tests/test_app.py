@@ -169,3 +169,23 @@ def test_shipped_cub_checkpoint_opens_in_the_prompt_explorer(app, cub_root):
     _ok(at)
     assert _images(at) == 5  # original, saliency, warped, grid, magnification of a real CUB test image
     assert any("5924 test images" in c.value for c in at.caption)
+
+
+def test_a_large_test_split_is_picked_by_number_not_listed(app, monkeypatch):
+    """Above LISTED_IMAGES the picker is a number box (a selectbox of a million options would be sent to the
+    browser on every rerun); the position picks the same image, the choice survives a rerun and a page switch."""
+    from frpt.ui import widgets
+
+    monkeypatch.setattr(widgets, "LISTED_IMAGES", 3)
+    at = app.switch_page(PAGES[3]).run()
+    _ok(at)
+    assert not [s for s in at.selectbox if s.label == "Test image"]
+    box = at.number_input(key="w.ret.position")
+    assert "all test images" in box.label and int(box.max) >= 5 and box.value == 0
+    box.set_value(5).run()
+    _ok(at)
+    assert at.session_state["frpt.ret.index"] == 5
+    assert any(c.value.startswith("#5 · ") for c in at.caption)
+    assert _images(at) >= 1 + 8 + 2
+    at = at.switch_page(PAGES[0]).run().switch_page(PAGES[3]).run()
+    assert at.number_input(key="w.ret.position").value == 5 and at.session_state["frpt.ret.index"] == 5

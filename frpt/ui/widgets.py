@@ -1,6 +1,7 @@
 """Reusable page widgets: the query picker (gallery browser with class filter, or an upload) and downloads."""
 from __future__ import annotations
 
+import bisect
 import io
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ from ..viz import png_bytes
 from .state import Context, persistent, widget_args
 
 ALL = "All classes"
+# Above this many images the picker is a number box, not a list: a selectbox sends every option to the browser on
+# each rerun (a million-image gallery: tens of MB and a frozen tab).
+LISTED_IMAGES = 2_000
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
 
 
@@ -61,10 +65,27 @@ def pick_image(ctx: Context, page: str, allow_upload: bool = True) -> Query | No
             index = int(np.random.default_rng().choice(rows))
             st.session_state[f"frpt.{page}.index"] = st.session_state[f"w.{page}.index"] = index
     with right:
-        st.selectbox("Test image", rows, format_func=lambda i: f"#{i} · {ds.classes[ds.samples[i][1]]}",
-                     **widget_args(f"{page}.index"))
+        if len(rows) <= LISTED_IMAGES:
+            st.selectbox("Test image", rows, format_func=lambda i: f"#{i} · {ds.classes[ds.samples[i][1]]}",
+                         **widget_args(f"{page}.index"))
+        else:
+            _number_box(page, rows, index, "all test images" if cls == ALL else cls)
     index = st.session_state[f"frpt.{page}.index"]
+    if len(rows) > LISTED_IMAGES:
+        st.caption(f"#{index} · {ds.classes[ds.samples[index][1]]} · {str(ds.samples[index][0]).rsplit('/', 1)[-1]}")
     return Query(ctx.image(index), str(ds.samples[index][0]), index, ds.samples[index][1], ctx.box(index))
+
+
+def _number_box(page: str, rows: list[int], index: int, among: str) -> None:
+    """Pick the image by its position among ``rows`` (ascending dataset indices); the session keeps the index."""
+    key = f"w.{page}.position"
+    st.session_state[key] = bisect.bisect_left(rows, index)
+
+    def sync() -> None:
+        st.session_state[f"frpt.{page}.index"] = rows[int(st.session_state[key])]
+
+    st.number_input(f"Test image: position among {len(rows):,} {among}", min_value=0, max_value=len(rows) - 1,
+                    step=1, key=key, on_change=sync)
 
 
 def download_png(label: str, image: np.ndarray, file_name: str, key: str) -> None:

@@ -16,7 +16,7 @@ test gallery for that folder holds the synthetic vectors (label = folder class):
 dataset and the page ranks a million rows and shows their images. Listing the tree and writing the gallery are timed.
 
     python bench/bench_large_gallery.py --app assets/cub/compact-frpt --cub-root ../shared/data/CUB_200_2011 \
-        --n 1000000 --workdir runs/large_gallery   # then: FRPT_FOLDER_ROOT=runs/large_gallery/folder make app
+        --n 1000000 --workdir runs/large_gallery --browser   # or: FRPT_FOLDER_ROOT=... make app
 """
 from __future__ import annotations
 
@@ -122,10 +122,12 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
     """The folder tree, the checkpoint copy and its stored gallery (see the module docstring)."""
     import shutil
 
-    from frpt.checkpoint import load_card
+    import torch
+
+    from frpt.checkpoint import load_card, load_checkpoint
     from frpt.data.folder import build_folder
     from frpt.evaluation import Embeddings
-    from frpt.gallery import store_gallery
+    from frpt.gallery import gallery_file, load_gallery, store_gallery
 
     folder, ckpt = workdir / "folder", workdir / "checkpoint"
     started = time.perf_counter()
@@ -153,8 +155,9 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
         if f.is_file():
             shutil.copy2(f, ckpt / f.name)
     card = load_card(ckpt)
-    from frpt.checkpoint import load_checkpoint
-    import torch
+    stored = load_gallery(gallery_file(card, dataset, folder))
+    if stored is not None and len(stored.ids) == len(dataset):
+        return  # prepared by an earlier run
 
     model, _ = load_checkpoint(ckpt)
     with torch.no_grad():
@@ -176,6 +179,80 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
                       "seconds": round(time.perf_counter() - started, 1), **rss()}), flush=True)
 
 
+def browse(workdir: Path, n: int, timeout: float) -> None:
+    """After ``--app``: a fresh ``streamlit run app.py`` and headless Chromium (bench/bench_sessions.py's helpers)
+    open the Retrieval page, switch the sidebar to the checkpoint copy and the folder dataset as a user does, and
+    time until the ranked thumbnails of the ``n``-image gallery are shown; then pick the last test image by number.
+    Screenshots land in ``workdir``."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    import bench_sessions as bs
+
+    folder, ckpt = (workdir / "folder").resolve(), (workdir / "checkpoint").resolve()
+    os.environ["FRPT_FOLDER_ROOT"] = str(folder)  # the sidebar's default dataset folder (frpt.ui.state.default_root)
+    port = bs.free_port()
+    with open(workdir / "streamlit.log", "wb") as log:
+        server = bs.start_server(port, log)
+        driver = bs.new_driver()
+        try:
+            base = f"http://127.0.0.1:{port}"
+
+            def timed(step: str, act, until=lambda state: True) -> None:
+                t0 = time.time()
+                act()
+                time.sleep(1)  # the rerun has begun: a fast poll could see the old page, not yet marked stale
+
+                def fresh(state: dict) -> bool:  # and no element is still greyed out from the previous run
+                    stale = driver.execute_script("return document.querySelectorAll('[data-stale=\"true\"]').length")
+                    return until(state) and not stale
+
+                seconds = bs.wait_rendered(driver, "Retrieval", timeout, t0, fresh)
+                shot = workdir / f"retrieval-{step}.png"
+                driver.save_screenshot(str(shot))
+                print(json.dumps({"bench": f"browser: {step}", "seconds": round(seconds, 1),
+                                  "exceptions": bs.exceptions(driver), "screenshot": shot.name}), flush=True)
+
+            def sidebar(selector: str):
+                found = []
+                deadline = time.time() + timeout
+                while not found and time.time() < deadline:
+                    found = driver.find_elements(By.CSS_SELECTOR, f'[data-testid="stSidebar"] {selector}')
+                    time.sleep(0.5)
+                return found
+
+            def choose_folder_checkpoint() -> None:
+                next(e for e in sidebar('[data-testid="stRadio"] label') if e.text.strip() == "Folder").click()
+                sidebar('input[aria-label="Checkpoint folder"]')[0].send_keys(str(ckpt), Keys.ENTER)
+                time.sleep(3)  # the rerun redraws the dataset picker on the card's own dataset (cub)
+                box = next(b for b in sidebar('[data-testid="stSelectbox"]') if "Dataset" in b.text)
+                (box.find_elements(By.CSS_SELECTOR, 'button[aria-haspopup="listbox"]')  # as bench_sessions opens one
+                 or box.find_elements(By.CSS_SELECTOR, '[data-baseweb="select"]') or [box])[0].click()
+                deadline = time.time() + 20
+                while time.time() < deadline:
+                    options = [o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text == "folder"]
+                    if options:
+                        options[0].click()
+                        return
+                    time.sleep(0.2)
+                raise TimeoutError("no 'folder' option in the dataset selectbox")
+
+            def pick_last() -> None:
+                field = driver.find_element(By.CSS_SELECTOR, 'input[aria-label^="Test image number"]')
+                field.send_keys(Keys.CONTROL, "a")
+                field.send_keys(str(n - 1), Keys.ENTER)
+
+            timed("demo", lambda: driver.get(f"{base}/Retrieval"))
+            timed(f"folder-{n}", choose_folder_checkpoint,
+                  lambda state: f"{n:,} test images" in (state.get("caption") or ""))
+            timed(f"image-{n - 1}", pick_last, lambda state: state.get("count") and f"#{n - 1} · " in driver.page_source)
+        finally:
+            bs.close_drivers([driver])
+            bs.stop_server(server)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1_000_000)
@@ -187,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="runs/large_gallery")
     p.add_argument("--app", type=Path, help="a checkpoint folder: prepare the app's million-image check instead")
+    p.add_argument("--browser", action="store_true", help="with --app: open the Retrieval page on it in Chromium")
+    p.add_argument("--timeout", type=float, default=900, help="--browser: seconds each step may take")
     p.add_argument("--cub-root", type=Path, default=REPO.parent / "shared/data/CUB_200_2011")
     p.add_argument("--measure-only", help=argparse.SUPPRESS)  # the fresh process: a gallery file to read
     args = p.parse_args(argv)
     if args.app:
         prepare_app(args.app, args.cub_root, Path(args.workdir), args.n, args.classes, args.seed)
+        if args.browser:
+            browse(Path(args.workdir), args.n, args.timeout)
         return 0
     if args.measure_only:
         measure(Path(args.measure_only), args.queries, args.k, args.map_points)

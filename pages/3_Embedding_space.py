@@ -115,4 +115,4 @@ with map_cols[2]:
         st.session_state["emb.selected"] = []
         st.rerun()
 if max_points is not None:
-    st.caption(f"Metrics are over the {max_points} points shown; nearest-neighbour colours use all {n} test images.")
+    st.caption(f"Metrics are over the {max_points} points shown; nearest-neighbour colours use all {n:,} test images.")

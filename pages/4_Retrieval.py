@@ -46,9 +46,10 @@ with right:
                                   width="stretch")
 
 st.subheader("Why this match?")
-rank = st.selectbox("Result", list(range(len(ranking.indices))), key="ret.why",
-                    format_func=lambda r: f"{r + 1}. #{int(gallery.indices[ranking.indices[r]])} "
-                                          f"(cosine {ranking.scores[r]:.3f})")
+# The labels themselves are the options: with positions as options and a format_func, a new query left the
+# browser showing the previous query's label (the options, 0..K-1, had not changed).
+results = logic.result_labels(ranking, gallery.indices)
+rank = results.index(st.selectbox("Result", results, key="ret.why"))
 result_image = ctx.image(int(gallery.indices[ranking.indices[rank]]))
 with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
     ref_result = ctx.model.embed(result_image[None])[0]

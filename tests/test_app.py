@@ -168,7 +168,7 @@ def test_shipped_cub_checkpoint_opens_in_the_prompt_explorer(app, cub_root):
     at.run()
     _ok(at)
     assert _images(at) == 5  # original, saliency, warped, grid, magnification of a real CUB test image
-    assert any("5924 test images" in c.value for c in at.caption)
+    assert any("5,924 test images" in c.value for c in at.caption)
 
 
 def test_a_large_test_split_is_picked_by_number_not_listed(app, monkeypatch):
@@ -178,10 +178,11 @@ def test_a_large_test_split_is_picked_by_number_not_listed(app, monkeypatch):
 
     monkeypatch.setattr(widgets, "LISTED_IMAGES", 3)
     at = app.switch_page(PAGES[3]).run()
+    at.radio(key="w.ret.source").set_value("Gallery").run()  # an earlier test of this module left "Upload"
     _ok(at)
     assert not [s for s in at.selectbox if s.label == "Test image"]
     box = at.number_input(key="w.ret.position")
-    assert "all test images" in box.label and int(box.max) >= 5 and box.value == 0
+    assert "in all classes" in box.label and int(box.max) >= 5 and box.value == 0
     box.set_value(5).run()
     _ok(at)
     assert at.session_state["frpt.ret.index"] == 5

@@ -145,3 +145,33 @@ def test_sidebar_navigation_starts_with_home(browser, first):
     finally:
         fresh.close()  # the server stops
     assert titles == NAV_TITLES
+
+
+def test_retrieval_result_picker_follows_a_new_query(server, browser):
+    """After another query (the Random button), the "Why this match?" picker shows the new ranking's first result,
+    not the old query's: with positions 0..K-1 as its options it kept the previous label in the browser."""
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    def shown() -> tuple[str, str, str]:
+        query = next(c.text for c in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImageCaption"]')
+                     if c.text.startswith("query:"))
+        first = next(c.text for c in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImageCaption"]')
+                     if c.text.startswith("1. "))
+        picker = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Result"]')  # shows the chosen label
+        return query, first, picker.get_attribute("value")
+
+    browser.get(f"{server}/Retrieval")
+    _wait_rendered(browser, "stImage", 11)
+    before = shown()
+    for _ in range(5):  # a random pick can be the same image
+        next(b for b in browser.find_elements(By.CSS_SELECTOR, "button") if b.text.strip() == "Random").click()
+        time.sleep(1)
+        _wait_rendered(browser, "stImage", 11)
+        after = shown()
+        if after[0] != before[0]:
+            break
+    assert after[0] != before[0], "Random never changed the query"
+    score = re.search(r"^1\. ([0-9.]+) ·", after[1]).group(1)  # the first thumbnail: "1. 0.873 · class"
+    assert f"(cosine {score})" in after[2], (after, before)

@@ -130,6 +130,12 @@ def ranking_csv(ranking: Ranking, ids: list[str], labels: np.ndarray, classes: l
     return buf.getvalue()
 
 
+def result_labels(ranking: Ranking, dataset_indices: np.ndarray) -> list[str]:
+    """One label per ranked result, "rank. #dataset index (cosine score)": unique, and new for every query."""
+    return [f"{r + 1}. #{int(dataset_indices[i])} (cosine {float(s):.3f})"
+            for r, (i, s) in enumerate(zip(ranking.indices, ranking.scores))]
+
+
 # ---------------------------------------------------------------- embedding space
 LEGEND_MAX_CLASSES = 20  # above this a class legend is a wall of text: hover and the class picker name points
 OTHER_GREY = "rgba(170, 170, 170, 0.35)"

@@ -186,5 +186,5 @@ def sidebar() -> Context:
             st.error(str(exc))
             st.stop()
         st.caption(f"{card_.get('preset')}/{card_.get('variant')} on {card_['backbone'].get('name')}, "
-                   f"{card_['input_size']} px · {name}: {len(ds)} test images, {len(ds.classes)} classes")
+                   f"{card_['input_size']} px · {name}: {len(ds):,} test images, {len(ds.classes):,} classes")
     return ctx

@@ -69,7 +69,7 @@ def pick_image(ctx: Context, page: str, allow_upload: bool = True) -> Query | No
             st.selectbox("Test image", rows, format_func=lambda i: f"#{i} · {ds.classes[ds.samples[i][1]]}",
                          **widget_args(f"{page}.index"))
         else:
-            _number_box(page, rows, index, "all test images" if cls == ALL else cls)
+            _number_box(page, rows, index, "all classes" if cls == ALL else cls)
     index = st.session_state[f"frpt.{page}.index"]
     if len(rows) > LISTED_IMAGES:
         st.caption(f"#{index} · {ds.classes[ds.samples[index][1]]} · {str(ds.samples[index][0]).rsplit('/', 1)[-1]}")
@@ -84,7 +84,7 @@ def _number_box(page: str, rows: list[int], index: int, among: str) -> None:
     def sync() -> None:
         st.session_state[f"frpt.{page}.index"] = rows[int(st.session_state[key])]
 
-    st.number_input(f"Test image: position among {len(rows):,} {among}", min_value=0, max_value=len(rows) - 1,
+    st.number_input(f"Test image number (of {len(rows):,} in {among})", min_value=0, max_value=len(rows) - 1,
                     step=1, key=key, on_change=sync)
 
 

@@ -182,7 +182,8 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
 def browse(workdir: Path, n: int, timeout: float) -> None:
     """After ``--app``: a fresh ``streamlit run app.py`` and headless Chromium (bench/bench_sessions.py's helpers)
     open the Retrieval page, switch the sidebar to the checkpoint copy and the folder dataset as a user does, and
-    time until the ranked thumbnails of the ``n``-image gallery are shown; then pick the last test image by number.
+    time until the ranked thumbnails of the ``n``-image gallery are shown; then pick the last test image by number;
+    then open the Embedding space page (its first visit fits the maps and colours them by nearest neighbour).
     Screenshots land in ``workdir``."""
     import os
 
@@ -200,7 +201,7 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
         try:
             base = f"http://127.0.0.1:{port}"
 
-            def timed(step: str, act, until=lambda state: True) -> None:
+            def timed(step: str, act, until=lambda state: True, page: str = "Retrieval") -> None:
                 t0 = time.time()
                 act()
                 time.sleep(1)  # the rerun has begun: a fast poll could see the old page, not yet marked stale
@@ -209,8 +210,8 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
                     stale = driver.execute_script("return document.querySelectorAll('[data-stale=\"true\"]').length")
                     return until(state) and not stale
 
-                seconds = bs.wait_rendered(driver, "Retrieval", timeout, t0, fresh)
-                shot = workdir / f"retrieval-{step}.png"
+                seconds = bs.wait_rendered(driver, page, timeout, t0, fresh)
+                shot = workdir / f"{page.lower()}-{step}.png"
                 driver.save_screenshot(str(shot))
                 print(json.dumps({"bench": f"browser: {step}", "seconds": round(seconds, 1),
                                   "exceptions": bs.exceptions(driver), "screenshot": shot.name}), flush=True)
@@ -248,6 +249,8 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
             timed(f"folder-{n}", choose_folder_checkpoint,
                   lambda state: f"{n:,} test images" in (state.get("caption") or ""))
             timed(f"image-{n - 1}", pick_last, lambda state: state.get("count") and f"#{n - 1} · " in driver.page_source)
+            # the maps (UMAP of 2,000 points, before and after the head) and their nearest-neighbour colours
+            timed(f"{n}", lambda: bs.nav_to(driver, "Embedding_space", timeout), page="Embedding_space")
         finally:
             bs.close_drivers([driver])
             bs.stop_server(server)

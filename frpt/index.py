@@ -239,7 +239,10 @@ class RetrievalIndex:
         n, dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         auto = spec is None
         spec = replace(spec, n=n, dim=dim) if spec else choose_spec(n, dim, memory_budget, device)
-        spec.device = device or spec.device
+        if device and not auto and spec.kind != "exact":
+            raise ValueError(f"only exact search runs on a torch device (faiss-cpu builds {spec.kind} indexes)")
+        if device and spec.kind == "exact":  # an automatic choice that did not fit the device stays on the host
+            spec.device = device
         if (spec.kind != "exact" and not (spec.nlist or spec.M)) or (spec.storage == "pq" and not spec.pq_m):
             raise ValueError(f"incomplete {spec.kind} spec {spec}: use make_spec()")
         t0 = time.perf_counter()

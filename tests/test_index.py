@@ -189,3 +189,12 @@ def test_a_gpu_prefers_exact_search_within_its_memory():
     assert choose_spec(10_000_000, 1280, 10 * 2**30, device="cuda").kind == "ivf"  # fp16 needs 25.6 GB
     with pytest.raises(ValueError, match="only exact search"):
         make_spec("hnsw", "fp16", 10, DIM, device="cuda")
+
+
+def test_a_device_index_that_does_not_fit_the_budget_stays_on_the_host(gallery):
+    """The automatic choice on a device whose budget holds no exact copy is an approximate index on the host;
+    an explicit approximate spec on a device is refused."""
+    small = RetrievalIndex.build(gallery, memory_budget=gallery.nbytes // 4, device="cpu")  # fp16 needs half
+    assert small.kind != "exact" and small.spec.device == "" and small._on_device is None
+    with pytest.raises(ValueError, match="only exact search"):
+        RetrievalIndex.build(gallery, spec=make_spec("ivf", "sq8", 0, DIM), device="cpu")

@@ -183,7 +183,8 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
     """After ``--app``: a fresh ``streamlit run app.py`` and headless Chromium (bench/bench_sessions.py's helpers)
     open the Retrieval page, switch the sidebar to the checkpoint copy and the folder dataset as a user does, and
     time until the ranked thumbnails of the ``n``-image gallery are shown; then pick the last test image by number;
-    then open the Embedding space page (its first visit fits the maps and colours them by nearest neighbour).
+    then open the Embedding space page (its first visit fits the maps) and colour the maps by nearest-neighbour hit
+    (each map point's neighbour among all ``n`` rows).
     Screenshots land in ``workdir``."""
     import os
 
@@ -251,6 +252,12 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
             timed(f"image-{n - 1}", pick_last, lambda state: state.get("count") and f"#{n - 1} · " in driver.page_source)
             # the maps (UMAP of 2,000 points, before and after the head) and their nearest-neighbour colours
             timed(f"{n}", lambda: bs.nav_to(driver, "Embedding_space", timeout), page="Embedding_space")
+
+            def colour_by_neighbour() -> None:
+                labels = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+                next(e for e in labels if e.text.strip() == "Nearest neighbour hit").click()
+
+            timed(f"{n}-nn-colours", colour_by_neighbour, page="Embedding_space")
         finally:
             bs.close_drivers([driver])
             bs.stop_server(server)

@@ -40,7 +40,7 @@ if any(c not in gallery.classes for c in focus):  # picked on another dataset
     focus = st.session_state["frpt.emb.focus"] = st.session_state["w.emb.focus"] = \
         [c for c in focus if c in gallery.classes]
 st.multiselect("Highlight classes (the rest turn grey)", gallery.classes, **widget_args("emb.focus"),
-               placeholder=f"all {len(gallery.classes)} classes")
+               placeholder=f"all {len(gallery.classes):,} classes")
 max_points = None if limit >= n else int(limit)
 if same_map and mode == BEFORE_AFTER:
     st.info("This checkpoint's head leaves the embedding as it is (no trained head), so both maps are the same; "
@@ -115,4 +115,4 @@ with map_cols[2]:
         st.session_state["emb.selected"] = []
         st.rerun()
 if max_points is not None:
-    st.caption(f"Metrics are over the {max_points} points shown; nearest-neighbour colours use all {n:,} test images.")
+    st.caption(f"Metrics are over the {max_points:,} points shown; nearest-neighbour colours use all {n:,} test images.")

@@ -59,3 +59,19 @@ def test_blocked_cosine_scores_rank_like_the_whole_matrix(tmp_path):
     labels = rng.integers(0, 4, 50)
     ranking = rank_gallery(query, mapped, labels, 5, int(labels[0]))
     np.testing.assert_array_equal(ranking.indices, np.argsort(-whole, kind="stable")[:5])
+
+
+def test_npz_members_are_written_aligned_for_mapping(tmp_path):
+    """Every member's array data starts on a 64-byte boundary whatever precedes it (np.savez leaves it at any byte,
+    and numpy then computes on the mapped array without BLAS); np.load still reads the archive."""
+    ids, b = np.arange(3, dtype=np.uint8), np.random.default_rng(0).random((7, 5)).astype(np.float32)
+    path = tmp_path / "g.npz"
+    with open(path, "wb") as fh:
+        write_npz_blocks(fh, {"ids": [ids], "after": [b[:3], b[3:]], "precision": [np.array("fp32")], "before": [b]})
+    mapped = npz_memmap(path, ("after", "before"))
+    assert all(m.offset % 64 == 0 and m.flags.aligned for m in mapped.values())
+    np.testing.assert_array_equal(mapped["after"], b)
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["ids"], ids)
+        np.testing.assert_array_equal(z["before"], b)
+        assert str(z["precision"]) == "fp32"

@@ -197,6 +197,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
               f"{result['manifest']}; first: {gallery.skipped[0]}", file=sys.stderr)
     if not args.no_umap and distributed.is_main():
         result["umap"] = _store_maps(gallery)
+    if args.index and distributed.is_main():
+        from dataclasses import asdict
+
+        from .gallery import index_dir, store_index
+
+        budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None
+        index = store_index(gallery, budget, device=args.device if args.device.startswith("cuda") else "")
+        result["index"] = {"path": str(index_dir(gallery.path)), **asdict(index.spec)}
     _emit(result)
     return 0
 
@@ -205,7 +213,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .data import build_transform, open_image
     from .evaluation import embed_images
-    from .gallery import gallery_embeddings
+    from .gallery import gallery_embeddings, stored_index
     from .index import RetrievalIndex
 
     image = open_image(args.query)  # a bad query fails in a second, before the checkpoint and gallery are loaded
@@ -216,11 +224,16 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                                  precision=args.precision, progress=not args.quiet)
     # at the gallery's own precision, so the query matches its own row
     q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)
-    scores, idx = RetrievalIndex(gallery.embeddings.after).search(q, args.k)
+    # the index `frpt embed --index` stored for this gallery (approximate beyond 100k rows), else exact search
+    index = stored_index(gallery, device=args.device if args.device.startswith("cuda") else "")
+    index = index or RetrievalIndex(gallery.embeddings.after)
+    scores, idx = index.search(q, args.k)
     labels = gallery.embeddings.labels
     results = [{"rank": r + 1, "path": gallery.ids[i], "label": int(labels[i]), "class": gallery.classes[labels[i]],
-                "score": round(float(s), 6)} for r, (s, i) in enumerate(zip(scores[0], idx[0]))]
-    _emit({"query": str(args.query), "k": args.k, "results": results})
+                "score": round(float(s), 6)} for r, (s, i) in enumerate(zip(scores[0], idx[0])) if i >= 0]
+    _emit({"query": str(args.query), "k": args.k, "index": {"kind": index.kind, "storage": index.spec.storage,
+                                                             "recall_at_10": index.spec.recall_at_10},
+           "results": results})
     return 0
 
 
@@ -289,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024,
                    help="images per shard; a killed run resumes after its last finished shard")
     p.add_argument("--no-umap", action="store_true")
+    p.add_argument("--index", action="store_true",
+                   help="also build the search index frpt.index chooses for the gallery's size (exact up to 100k "
+                        "rows, then HNSW or IVF; exact in GPU memory with --device cuda) and save it beside the "
+                        "gallery; `frpt retrieve` then uses it")
+    p.add_argument("--memory-budget-gb", type=float, default=3.0, help="--index: memory the search may hold")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("retrieve", help="top-K test images for a query image")

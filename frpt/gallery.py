@@ -40,7 +40,7 @@ from .data.base import RetrievalDataset
 from .errors import DatasetError
 from .evaluation import Embeddings, ReadableEmbeddings, embed_readable, resolve_precision
 from .fileio import atomic_write, atomic_write_text, npz_memmap, write_npz_blocks
-from .index import row_norms
+from .index import IndexSpec, RetrievalIndex, row_norms
 from .models import FRPT, file_sha256
 
 SHARD_SIZE = 1024
@@ -223,6 +223,45 @@ def store_gallery(card: dict[str, Any], dataset: RetrievalDataset, root: str | o
     if gallery is None:
         raise DatasetError(f"The gallery file {path} could not be read back after writing; check the disk.")
     return gallery
+
+
+def index_dir(path: Path) -> Path:
+    """Where the retrieval index of gallery ``path`` is kept: ``<gallery>.index/`` beside it (frpt.index's
+    index.json, vectors.npy, faiss.index, and gallery.json naming the gallery file it was built from)."""
+    return path.with_name(f"{path.stem}.index")
+
+
+def _gallery_stamp(gallery: Gallery) -> dict[str, Any]:
+    stat = gallery.path.stat()
+    return {"gallery": gallery.path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "rows": len(gallery.ids)}
+
+
+def store_index(gallery: Gallery, memory_budget: int | None = None, spec: IndexSpec | None = None,
+                device: str = "") -> RetrievalIndex:
+    """Build the index :func:`frpt.index.choose_spec` picks for the gallery's retrieval embeddings (size and
+    ``memory_budget`` bytes; ``spec`` to force one) and save it beside the gallery with the choice and its
+    parameters. gallery.json is written last: an interrupted build leaves no index that :func:`stored_index` uses,
+    and a gallery rewritten since (``frpt embed --recompute``) no longer matches its stamp."""
+    folder = index_dir(gallery.path)
+    (folder / "gallery.json").unlink(missing_ok=True)
+    index = RetrievalIndex.build(gallery.embeddings.after, memory_budget, spec, device=device)
+    index.save(folder)
+    atomic_write_text(folder / "gallery.json", json.dumps(_gallery_stamp(gallery), indent=1) + "\n")
+    return index
+
+
+def stored_index(gallery: Gallery, device: str = "") -> RetrievalIndex | None:
+    """The index :func:`store_index` saved for this very gallery file, or None (none, interrupted, or stale);
+    ``device`` (a torch device) holds an exact index's vectors there."""
+    folder = index_dir(gallery.path)
+    if _read_json(folder / "gallery.json") != _gallery_stamp(gallery):
+        return None
+    try:
+        spec = json.loads((folder / "index.json").read_text())
+        return RetrievalIndex.load(folder, device=device if spec.get("kind") == "exact" else "")
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None  # damaged: search exactly instead
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

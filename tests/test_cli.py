@@ -59,7 +59,15 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
     assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.99  # the query itself is in the gallery
-    assert results[0]["path"] == "synthetic/test/00005"
+    assert results[0]["path"] == "synthetic/test/00005" and ranked["index"]["kind"] == "exact"
+    # `embed --index` saves frpt.index's choice beside the gallery (exact at 240 rows) and `retrieve` uses it
+    indexed = last_json(frpt("embed", "--checkpoint", str(out), "--dataset", "synthetic", "--no-umap", "--index"))
+    assert indexed["index"]["kind"] == "exact" and indexed["index"]["n"] == 240
+    assert (Path(indexed["index"]["path"]) / "gallery.json").is_file()
+    again = last_json(frpt("retrieve", "--checkpoint", str(out), "--dataset", "synthetic", "--query", str(query),
+                           "--k", "5"))
+    assert [r["path"] for r in again["results"]] == [r["path"] for r in results]
+    assert again["results"][0]["score"] == pytest.approx(scores[0], abs=1e-3)  # fp16 vectors: scores move ~1e-4
 
     info = last_json(frpt("info", "--checkpoint", str(out)))
     assert info["preset"] == preset and info["parameters"]["backbone"]["learned"] == 0

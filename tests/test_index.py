@@ -216,3 +216,32 @@ def test_batched_search_of_an_unaligned_gallery_stages_blocks_and_still_matches(
         s_mem, i_mem = RetrievalIndex(g).search(batch, 7)
         np.testing.assert_array_equal(i_map, i_mem)
         np.testing.assert_allclose(s_map, s_mem, rtol=1e-6)
+
+
+def test_an_index_stored_beside_a_gallery_is_used_only_for_that_gallery_file(tmp_path, gallery):
+    """frpt embed --index: the choice is saved beside the gallery file; stored_index gives it back (same results as
+    when built) for that file only: not after the gallery is rewritten, nor when the build was interrupted."""
+    import os
+
+    from frpt.evaluation import Embeddings
+    from frpt.gallery import Gallery, index_dir, store_index, stored_index
+
+    path = tmp_path / "folder-test-abc.npz"
+    path.write_bytes(b"the gallery file")
+    g = Gallery(Embeddings(gallery, gallery, np.zeros(len(gallery), np.int64)), [f"{i}" for i in range(len(gallery))],
+                ["c"], path)
+    built = store_index(g, spec=make_spec("hnsw", "fp32", 0, DIM))
+    assert index_dir(path) == tmp_path / "folder-test-abc.index" and (index_dir(path) / "index.json").is_file()
+    queries = clustered(50, seed=9)
+    again = stored_index(g)
+    assert again.kind == "hnsw" and again.spec.ef_search == built.spec.ef_search
+    np.testing.assert_array_equal(again.search(queries, 5)[1], built.search(queries, 5)[1])
+    assert recall_at_k(again.search(queries, 5)[1], brute_force(gallery, queries, 5)) >= 0.85  # approximate
+
+    path.write_bytes(b"the gallery file, embedded again")  # frpt embed --recompute
+    os.utime(path, ns=(1, 1))
+    assert stored_index(g) is None
+    store_index(g, spec=make_spec("exact", "fp16", 0, DIM))
+    assert stored_index(g).kind == "exact"
+    (index_dir(path) / "gallery.json").unlink()  # as a build killed before its last write leaves it
+    assert stored_index(g) is None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_index import latencies  # noqa: E402
 from frpt.index import RetrievalIndex, recall_at_k  # noqa: E402
 
 BLOCK = 1 << 18
@@ -78,20 +78,6 @@ def gallery_and_truth(n: int, dim: int, queries: torch.Tensor, k: int, seed: int
     return host, best_i.cpu().numpy()
 
 
-def timed(index: RetrievalIndex, q: np.ndarray, k: int, singles: int) -> tuple[np.ndarray, dict]:
-    index.search(q[:2], k)  # warm-up: cuBLAS handles, kernels
-    t = time.perf_counter()
-    _, found = index.search(q, k)
-    batch = (time.perf_counter() - t) * 1000 / len(q)
-    times = []
-    for row in q[:singles]:
-        t = time.perf_counter()
-        index.search(row, k)
-        times.append((time.perf_counter() - t) * 1000)
-    return found, {"batch_ms_per_query": round(batch, 3), "single_ms_median": round(statistics.median(times), 3),
-                   "single_ms_p95": round(float(np.percentile(times, 95)), 3)}
-
-
 def bench(args: argparse.Namespace, n: int, out: Path | None) -> None:
     gen = torch.Generator(device="cuda").manual_seed(args.seed + 1)
     q_dev = unit(gen, args.queries, args.dim)
@@ -106,7 +92,7 @@ def bench(args: argparse.Namespace, n: int, out: Path | None) -> None:
     budget = int(args.budget_gb_per_million * n / 1e6 * 2**30)
     index = RetrievalIndex.build(gallery, budget, device="cuda")
     build_peak = torch.cuda.max_memory_allocated()
-    found, lat = timed(index, q, args.k, args.singles)
+    found, lat = latencies(index, q, args.k, args.singles, warmup=True)
     emit(out, bench="gpu_exact", n=n, dim=args.dim, kind=index.spec.kind, storage=index.spec.storage,
          device=torch.cuda.get_device_name(), memory_budget_gb=round(budget / 2**30, 2),
          build_seconds=index.spec.build_seconds, index_bytes=index.spec.index_bytes,
@@ -119,7 +105,7 @@ def bench(args: argparse.Namespace, n: int, out: Path | None) -> None:
     torch.cuda.empty_cache()
     if n <= args.host_exact_max_n:  # the same gallery searched by the host path, all CPU cores
         host = RetrievalIndex(gallery)
-        found, lat = timed(host, q[:args.host_queries], args.k, args.host_singles)
+        found, lat = latencies(host, q[:args.host_queries], args.k, args.host_singles, warmup=True)
         emit(out, bench="host_exact", n=n, threads=torch.get_num_threads(), cpus=os.cpu_count(),
              queries=args.host_queries, recall_at_10=round(recall_at_k(found, truth[:args.host_queries]), 4), **lat)
 

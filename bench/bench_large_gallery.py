@@ -234,7 +234,8 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
                  or box.find_elements(By.CSS_SELECTOR, '[data-baseweb="select"]') or [box])[0].click()
                 deadline = time.time() + 20
                 while time.time() < deadline:
-                    options = [o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text == "folder"]
+                    options = [o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]')
+                               if o.text == "folder"]
                     if options:
                         options[0].click()
                         return
@@ -249,7 +250,8 @@ def browse(workdir: Path, n: int, timeout: float) -> None:
             timed("demo", lambda: driver.get(f"{base}/Retrieval"))
             timed(f"folder-{n}", choose_folder_checkpoint,
                   lambda state: f"{n:,} test images" in (state.get("caption") or ""))
-            timed(f"image-{n - 1}", pick_last, lambda state: state.get("count") and f"#{n - 1} · " in driver.page_source)
+            timed(f"image-{n - 1}", pick_last,
+                  lambda state: state.get("count") and f"#{n - 1} · " in driver.page_source)
             # the maps (UMAP of 2,000 points, before and after the head) and their nearest-neighbour colours
             timed(f"{n}", lambda: bs.nav_to(driver, "Embedding_space", timeout), page="Embedding_space")
 

@@ -300,8 +300,8 @@ class RetrievalIndex:
         record = json.loads((folder / INDEX_JSON).read_text())
         if record.get("format") != FORMAT:
             raise ValueError(f"{folder / INDEX_JSON}: unknown format {record.get('format')}")
-        spec = IndexSpec(**{f.name: record[f.name] for f in fields(IndexSpec) if f.name in record and f.name != "device"},
-                         device=device)
+        stored = {f.name: record[f.name] for f in fields(IndexSpec) if f.name in record and f.name != "device"}
+        spec = IndexSpec(**stored, device=device)  # where it searches now, not where it was built
         vectors = np.load(folder / record["vectors"], mmap_mode="r" if mmap else None)
         if vectors.shape != (spec.n, spec.dim):
             raise ValueError(f"{folder}: vectors {vectors.shape} but index.json says {(spec.n, spec.dim)}")

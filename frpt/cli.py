@@ -183,6 +183,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .gallery import gallery_embeddings
 
+    if args.index and not args.memory_budget_gb > 0:
+        raise ConfigError(f"--memory-budget-gb {args.memory_budget_gb} is not a size; give the gigabytes the "
+                          "search may hold (e.g. 3).")
     model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
     dataset = _dataset(args, args.split, card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
@@ -202,8 +205,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         from .gallery import index_dir, store_index
 
-        budget = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None
-        index = store_index(gallery, budget, device=args.device if args.device.startswith("cuda") else "")
+        budget = int(args.memory_budget_gb * 2**30)
+        try:
+            index = store_index(gallery, budget, device=args.device if args.device.startswith("cuda") else "")
+        except ValueError as exc:  # frpt.index: nothing fits the budget
+            raise ConfigError(f"{exc}: raise --memory-budget-gb, or leave out --index (the gallery is stored).") \
+                from None
+        except torch.OutOfMemoryError:
+            raise ConfigError(f"The index does not fit in the memory of {args.device}: lower --memory-budget-gb or "
+                              "build it with --device cpu (the gallery is stored).") from None
         result["index"] = {"path": str(index_dir(gallery.path)), **asdict(index.spec)}
     _emit(result)
     return 0

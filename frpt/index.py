@@ -138,8 +138,8 @@ def choose_spec(n: int, dim: int, memory_budget: int | None = None, device: str 
             spec = make_spec(kind, storage, n, dim)
             if memory_budget is None or spec.index_bytes <= memory_budget:
                 return spec
-    raise ValueError(f"no index of {n} x {dim} vectors fits {memory_budget} bytes "
-                     f"(IVF-PQ needs {make_spec('ivf', 'pq', n, dim).index_bytes})")
+    raise ValueError(f"No index of {n:,} x {dim} vectors fits {memory_budget:,} bytes (the smallest, IVF-PQ, "
+                     f"needs {make_spec('ivf', 'pq', n, dim).index_bytes:,})")
 
 
 def _exact_within(n: int, dim: int, memory_budget: int | None) -> IndexSpec | None:

@@ -85,3 +85,14 @@ def test_train_out_under_a_file_and_garbled_resume(tmp_path):
     (tmp_path / "run" / "card.json").write_text(json.dumps({"format": "frpt-checkpoint", "format_version": 1})[:-3])
     msg = cli_error(*common, "--out", tmp_path / "run", "--resume")
     assert "card.json" in msg
+
+
+def test_embed_index_that_fits_no_budget(ckpt):
+    """The gallery is embedded and stored; the index that fits nothing is one sentence naming the option, and
+    nothing is left beside the gallery. A budget that is no size is refused before any embedding."""
+    msg = cli_error("embed", "--checkpoint", ckpt, "--dataset", "synthetic", "--no-umap", "--quiet", "--index",
+                    "--memory-budget-gb", "0.000001")
+    assert "No index of 240 x" in msg and "--memory-budget-gb" in msg
+    assert not list((ckpt / "gallery").glob("*.index")) and list((ckpt / "gallery").glob("*.npz"))
+    msg = cli_error("embed", "--checkpoint", ckpt, "--dataset", "synthetic", "--index", "--memory-budget-gb", "-1")
+    assert "--memory-budget-gb -1.0 is not a size" in msg

@@ -207,7 +207,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         budget = int(args.memory_budget_gb * 2**30)
         try:
-            index = store_index(gallery, budget, device=args.device if args.device.startswith("cuda") else "")
+            index = store_index(gallery, budget, device=_index_device(args))
         except ValueError as exc:  # frpt.index: nothing fits the budget
             raise ConfigError(f"{exc}: raise --memory-budget-gb, or leave out --index (the gallery is stored).") \
                 from None
@@ -217,6 +217,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         result["index"] = {"path": str(index_dir(gallery.path)), **asdict(index.spec)}
     _emit(result)
     return 0
+
+
+def _index_device(args: argparse.Namespace) -> str:
+    """The torch device an exact index searches on: a GPU when --device names one; on a CPU, host numpy ("")."""
+    return args.device if args.device.startswith("cuda") else ""
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
@@ -235,7 +240,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     # at the gallery's own precision, so the query matches its own row
     q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)
     # the index `frpt embed --index` stored for this gallery (approximate beyond 100k rows), else exact search
-    index = stored_index(gallery, device=args.device if args.device.startswith("cuda") else "")
+    index = stored_index(gallery, device=_index_device(args))
     index = index or RetrievalIndex(gallery.embeddings.after)
     scores, idx = index.search(q, args.k)
     labels = gallery.embeddings.labels

@@ -253,13 +253,12 @@ def store_index(gallery: Gallery, memory_budget: int | None = None, spec: IndexS
 
 def stored_index(gallery: Gallery, device: str = "") -> RetrievalIndex | None:
     """The index :func:`store_index` saved for this very gallery file, or None (none, interrupted, or stale);
-    ``device`` (a torch device) holds an exact index's vectors there."""
+    ``device`` (a torch device) holds an exact index's vectors there (:meth:`RetrievalIndex.load`)."""
     folder = index_dir(gallery.path)
     if _read_json(folder / "gallery.json") != _gallery_stamp(gallery):
         return None
     try:
-        spec = json.loads((folder / "index.json").read_text())
-        return RetrievalIndex.load(folder, device=device if spec.get("kind") == "exact" else "")
+        return RetrievalIndex.load(folder, device=device)
     except (OSError, ValueError, KeyError, RuntimeError):
         return None  # damaged: search exactly instead
 

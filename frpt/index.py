@@ -239,11 +239,10 @@ class RetrievalIndex:
         or, with ``device`` (a torch device such as "cuda"), a normalised copy in that device's memory."""
         n, dim = int(embeddings.shape[0]), int(embeddings.shape[1])
         auto = spec is None
-        spec = replace(spec, n=n, dim=dim) if spec else choose_spec(n, dim, memory_budget, device)
-        if device and not auto and spec.kind != "exact":
-            raise ValueError(f"only exact search runs on a torch device (faiss-cpu builds {spec.kind} indexes)")
-        if device and spec.kind == "exact":  # an automatic choice that did not fit the device stays on the host
-            spec.device = device
+        if auto:
+            spec = choose_spec(n, dim, memory_budget, device)
+            device = device if spec.kind == "exact" else ""  # a choice that did not fit the device stays on the host
+        spec = replace(spec, n=n, dim=dim, device=device or spec.device)  # IndexSpec refuses approximate on a device
         if (spec.kind != "exact" and not (spec.nlist or spec.M)) or (spec.storage == "pq" and not spec.pq_m):
             raise ValueError(f"incomplete {spec.kind} spec {spec}: use make_spec()")
         t0 = time.perf_counter()
@@ -294,14 +293,16 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, mmap: bool = True, device: str = "") -> RetrievalIndex:
-        """Read what ``save`` wrote; ``mmap`` maps vectors.npy (and IVF lists) instead of reading them; ``device``
-        (exact indexes) searches from a copy in that torch device's memory, whatever device built it."""
+        """Read what ``save`` wrote; ``mmap`` maps vectors.npy (and IVF lists) instead of reading them; ``device``:
+        an exact index searches from a copy in that torch device's memory, whatever device built it (approximate
+        ones stay with faiss on the host)."""
         folder = Path(folder)
         record = json.loads((folder / INDEX_JSON).read_text())
         if record.get("format") != FORMAT:
             raise ValueError(f"{folder / INDEX_JSON}: unknown format {record.get('format')}")
         stored = {f.name: record[f.name] for f in fields(IndexSpec) if f.name in record and f.name != "device"}
-        spec = IndexSpec(**stored, device=device)  # where it searches now, not where it was built
+        # where it searches now, not where it was built
+        spec = IndexSpec(**stored, device=device if stored.get("kind", "exact") == "exact" else "")
         vectors = np.load(folder / record["vectors"], mmap_mode="r" if mmap else None)
         if vectors.shape != (spec.n, spec.dim):
             raise ValueError(f"{folder}: vectors {vectors.shape} but index.json says {(spec.n, spec.dim)}")

@@ -235,6 +235,7 @@ def test_an_index_stored_beside_a_gallery_is_used_only_for_that_gallery_file(tmp
     queries = clustered(50, seed=9)
     again = stored_index(g)
     assert again.kind == "hnsw" and again.spec.ef_search == built.spec.ef_search
+    assert stored_index(g, device="cpu").spec.device == ""  # approximate indexes stay with faiss on the host
     np.testing.assert_array_equal(again.search(queries, 5)[1], built.search(queries, 5)[1])
     assert recall_at_k(again.search(queries, 5)[1], brute_force(gallery, queries, 5)) >= 0.85  # approximate
 

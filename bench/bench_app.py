@@ -114,7 +114,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None, stored: bool = F
 
     from frpt.checkpoint import load_checkpoint
     from frpt.data import build_dataset, build_transform
-    from frpt.evaluation import resolve_precision
+    from frpt.engine import resolve_precision
     from frpt.gallery import gallery_embeddings, load_gallery
     from frpt.metrics import nearest_neighbour_hits
     from frpt.projection import DEFAULT_MAP_POINTS, gallery_umap, load_gallery_map, umap_file

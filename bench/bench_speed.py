@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from frpt.config import model_config, train_config  # noqa: E402
-from frpt.evaluation import autocast  # noqa: E402
+from frpt.engine import autocast  # noqa: E402
 from frpt.index import RetrievalIndex  # noqa: E402
 from frpt.losses import cross_entropy  # noqa: E402
 from frpt.models import build_model  # noqa: E402

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed
 from .config import PRESETS, VARIANTS, model_config, train_config
+from .engine import ENGINES, PRECISIONS
 from .errors import ConfigError, FRPTError
 
 DISTRIBUTED_COMMANDS = ("train", "evaluate", "embed")
@@ -32,8 +33,11 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=None,
                    help="train: the global batch, split evenly over torchrun's processes; inference: per process")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="inference precision (auto: bf16 where the CPU has native bf16 or on CUDA, else fp32)")
+    p.add_argument("--engine", choices=ENGINES, default=None,
+                   help="runtime of the frozen backbone's passes without gradients (default: $FRPT_ENGINE, else "
+                        "auto: OpenVINO, else ONNX Runtime, else torch; torch is exact and always available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -112,12 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         card = train_compact(model.to(args.device), train_set, tcfg, args.out, classes=list(train_set.classes),
                              dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume,
-                             feature_cache=args.feature_cache, batch_size=args.eval_batch_size, workers=args.workers,
-                             precision=args.precision, progress=not args.quiet)
+                             feature_cache=args.feature_cache, batch_size=args.eval_batch_size,
+                             workers=args.workers or None, precision=args.precision, engine=args.engine,
+                             progress=not args.quiet)
     else:
         card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes),
                      dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume, device=args.device,
-                     progress=not args.quiet, eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches)
+                     progress=not args.quiet, eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches,
+                     engine=args.engine)
     result = {"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]}
     if distributed.is_main():
         from .gallery import gallery_file, load_gallery
@@ -158,14 +164,16 @@ def _model_from_args(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .evaluation import extract_embeddings, score_embeddings
 
     model, card = _model_from_args(args)
     test_set = _dataset(args, "test", args.input_size or card["input_size"])
-    metrics = evaluate(model, test_set, batch_size=args.batch_size or 64, device=args.device,
-                       precision=args.precision, workers=args.workers, progress=not args.quiet)
+    emb = extract_embeddings(model, test_set, batch_size=args.batch_size or 64, device=args.device,
+                             precision=args.precision, engine=args.engine, workers=args.workers,
+                             progress=not args.quiet)
     _emit({"dataset": args.dataset, "preset": card["preset"], "variant": card["variant"],
-           "backbone": model.config.backbone, "input_size": card["input_size"], "precision": args.precision, **metrics})
+           "backbone": model.config.backbone, "input_size": card["input_size"], **emb.plan.as_dict(),
+           **score_embeddings(emb)})
     return 0
 
 
@@ -189,9 +197,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
     dataset = _dataset(args, args.split, card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
-                                 precision=args.precision, progress=not args.quiet, recompute=args.recompute,
+                                 precision=args.precision, engine=args.engine, progress=not args.quiet,
+                                 recompute=args.recompute,
                                  device=args.device, shard_size=args.shard_size)
-    result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids), "skipped": len(gallery.skipped)}
+    result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids), "skipped": len(gallery.skipped),
+                              "engine": gallery.engine, "precision": gallery.precision}
     if gallery.skipped and distributed.is_main():
         from .gallery import manifest_file
 
@@ -236,9 +246,10 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     query = build_transform(card["input_size"], train=False)(image)[None]
     dataset = _dataset(args, "test", card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
-                                 precision=args.precision, progress=not args.quiet)
-    # at the gallery's own precision, so the query matches its own row
-    q = embed_images(model, query, precision=gallery.precision or args.precision, device=args.device)
+                                 precision=args.precision, engine=args.engine, progress=not args.quiet)
+    # with the gallery's own engine and precision, so the query matches its own row
+    q = embed_images(model, query, precision=gallery.precision or args.precision,
+                     engine=gallery.engine or args.engine, device=args.device)
     # the index `frpt embed --index` stored for this gallery (approximate beyond 100k rows), else exact search
     index = stored_index(gallery, device=_index_device(args))
     index = index or RetrievalIndex(gallery.embeddings.after)
@@ -305,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")
     _add_data_args(p); _add_model_args(p, preset_required=True); _add_runtime_args(p)  # noqa: E702
     p.add_argument("--checkpoint")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one, decoding beside the engine)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("embed", help="store gallery embeddings (and UMAP) beside a checkpoint")

@@ -35,12 +35,12 @@ from tqdm.auto import tqdm
 from .checkpoint import CARD, load_card, save_checkpoint
 from .config import TrainConfig
 from .errors import CheckpointError
-from .evaluation import Embeddings, resolve_precision
+from .evaluation import Embeddings
 from .feature_cache import CachedSplit, cache_split
 from .losses import cross_entropy
 from .metrics import retrieval_metrics
 from .models import FRPT, GeneralizedMeanPooling
-from .training import build_optimizer, lr_at, store_test_gallery
+from .training import inference_record, build_optimizer, lr_at, store_test_gallery
 
 
 def validation_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +230,8 @@ def train_head(model: FRPT, cached: CachedSplit, fit: np.ndarray, cfg: TrainConf
 
 def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
                   dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
-                  feature_cache: str | Path | None = None, batch_size: int = 32, workers: int = 0,
-                  precision: str = "fp32", progress: bool = True) -> dict[str, Any]:
+                  feature_cache: str | Path | None = None, batch_size: int = 32, workers: int | None = None,
+                  precision: str = "fp32", engine: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the compact recipe (module docstring) and write one checkpoint into ``out_dir``; returns the card."""
     out_dir = Path(out_dir)
     if (out_dir / CARD).is_file():
@@ -245,7 +245,7 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
     cache_root = Path(feature_cache) if feature_cache is not None else out_dir / "features"
     started = time.perf_counter()
     model.eval()
-    kw = dict(batch_size=batch_size, workers=workers, precision=precision, progress=progress)
+    kw = dict(batch_size=batch_size, workers=workers, precision=precision, engine=engine, progress=progress)
     base_views = tuple(v for v in model.config.view_list if not v.startswith("crop"))
     train_maps = cache_split(model, train_set, tuple(dict.fromkeys(("orig", "flip", *base_views))), cache_root,
                              "train", **kw)
@@ -279,11 +279,11 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
         test_maps = cache_split(model, test_set, views, cache_root, "test", **kw)
         after, before = _embed_cached(model, test_maps.maps, np.arange(len(test_maps.labels)))
         metrics = retrieval_metrics(after, test_maps.labels)
-        test_emb = Embeddings(before.numpy(), after.numpy(), np.asarray(test_maps.labels))
+        test_emb = Embeddings(before.numpy(), after.numpy(), np.asarray(test_maps.labels), test_maps.plan)
     save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg,
-                    epoch=report.get("head_epochs", 0), metrics=metrics, extra={"compact": report})
-    store_test_gallery(out_dir, test_set, dataset_info, test_emb,
-                       resolve_precision(precision, model.pixel_mean.device))  # the cache's precision
+                    epoch=report.get("head_epochs", 0), metrics=metrics,
+                    extra={"compact": report, **inference_record(test_emb)})
+    store_test_gallery(out_dir, test_set, dataset_info, test_emb)  # at the plan that computed the cached maps
     return load_card(out_dir)
 
 

@@ -5,8 +5,7 @@ order (:mod:`frpt.distributed`); rank 0 computes the metrics. A single process r
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,29 +14,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from . import distributed
+from .engine import Plan, forward_images, inference, plan
 from .errors import DatasetError, ImageError
 from .metrics import retrieval_metrics
 from .models import FRPT
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere PyTorch emulates bf16 on the CPU
-    and autocast is several times *slower* than fp32, so it must be detected, never assumed."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """"auto" -> bf16 on CUDA or on a CPU with native bf16, else fp32; explicit choices pass through."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.device(device).type == "cuda" or native_bf16() else "fp32"
+DEFAULT_WORKERS = 1
 
 
 @dataclass
@@ -48,53 +30,40 @@ class Embeddings:
     before: np.ndarray
     after: np.ndarray
     labels: np.ndarray
+    plan: Plan | None = None  # the engine and precision that computed them (None: not recorded)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast, or nothing. Worth it on GPUs and on CPUs with native bf16 (avx512_bf16/AMX); on a CPU
-    without it bf16 is emulated and slower than fp32."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def loader(dataset: Dataset, batch_size: int, workers: int | None = None, collate_fn=None) -> DataLoader:
+    """Batches of ``dataset`` in order for a pass without gradients. ``workers`` None: one decoding process, so
+    JPEG decoding and resizing overlap with the engine (bench/bench_engines.py --pipeline measures the split)."""
+    workers = DEFAULT_WORKERS if workers is None else workers
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
-@contextlib.contextmanager
-def _inference(model: FRPT, device: torch.device) -> Iterator[None]:
-    """``model`` in eval mode, channels-last on ``device`` for the duration; its training mode is restored."""
-    was_training = model.training
-    model.eval().to(device=device, memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.to(memory_format=torch.contiguous_format).train(was_training)
-
-
-def _forward(model: FRPT, images: torch.Tensor, device: torch.device, precision: str
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        out = model(images)
+def _forward(model: FRPT, images: torch.Tensor, plan_: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    out = forward_images(model, images, plan_, device)
     return out.pre_head.float().cpu(), out.embedding.float().cpu()
 
 
-def embed_images(model: FRPT, images: torch.Tensor, *, precision: str = "auto",
+def embed_images(model: FRPT, images: torch.Tensor, *, precision: str = "auto", engine: str | None = None,
                  device: str | torch.device | None = None) -> np.ndarray:
     """Retrieval embeddings (N, D) of a batch of query images (N, 3, S, S) in [0, 1], computed exactly as a
-    gallery's (:func:`frpt.gallery.gallery_embeddings`, same ``precision``), so a query matches its own gallery
-    row at cosine ~1 whatever the CPU."""
+    gallery's (:func:`frpt.gallery.gallery_embeddings`, same ``engine`` and ``precision``), so a query matches its
+    own gallery row at cosine ~1 whatever the CPU."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    with _inference(model, device):
-        return _forward(model, images, device, precision)[1].numpy()
+    plan_ = plan(engine, precision, device, model)
+    with inference(model, plan_, device):
+        return _forward(model, images, plan_, device)[1].numpy()
 
 
-def _extract(model: FRPT, dataset: Dataset, batch_size: int, device: torch.device, precision: str, workers: int,
+def _extract(model: FRPT, dataset: Dataset, batch_size: int, device: torch.device, plan_: Plan, workers: int,
              progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     before, after, labels = [], [], []
-    with _inference(model, device):
-        for images, targets, _ in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-            b, a = _forward(model, images, device, precision)
+    with inference(model, plan_, device):
+        for images, targets, _ in tqdm(loader(dataset, batch_size, workers), desc=desc, disable=not progress,
+                                       unit="batch"):
+            b, a = _forward(model, images, plan_, device)
             before.append(b)
             after.append(a)
             labels.append(torch.as_tensor(targets))
@@ -102,22 +71,24 @@ def _extract(model: FRPT, dataset: Dataset, batch_size: int, device: torch.devic
 
 
 def extract_embeddings(model: FRPT, dataset: Dataset, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                       precision: str = "fp32", workers: int = 0, progress: bool = True,
-                       desc: str = "embedding") -> Embeddings:
-    """Run ``model`` over ``dataset`` (items ``(image, label, index)``) in eval mode, channels-last; an unreadable
-    image is an error. Under torchrun every process embeds its block and all receive the whole, in order."""
+                       precision: str = "fp32", engine: str | None = None, workers: int | None = None,
+                       progress: bool = True, desc: str = "embedding") -> Embeddings:
+    """Run ``model`` over ``dataset`` (items ``(image, label, index)``) without gradients on ``engine``
+    (:mod:`frpt.engine`); an unreadable image is an error. Under torchrun every process embeds its block and all
+    receive the whole, in order."""
     device = torch.device(device)
     progress = progress and distributed.is_main()
+    plan_ = plan(engine, precision, device, model)
     if not distributed.is_distributed():
-        parts = _extract(model, dataset, batch_size, device, precision, workers, progress, desc)
+        parts = _extract(model, dataset, batch_size, device, plan_, workers, progress, desc)
     else:
         if len(dataset) < distributed.world_size():
             raise DatasetError(f"The dataset has {len(dataset)} images, fewer than the {distributed.world_size()} "
                                "processes embedding it; run fewer processes.")
         block = Subset(dataset, distributed.shard_range(len(dataset)))
         parts = tuple(distributed.gather_in_order(t) for t in
-                      _extract(model, block, batch_size, device, precision, workers, progress, desc))
-    return Embeddings(*(t.numpy() for t in parts))
+                      _extract(model, block, batch_size, device, plan_, workers, progress, desc))
+    return Embeddings(*(t.numpy() for t in parts), plan=plan_)
 
 
 def evaluate(model: FRPT, dataset: Dataset, **kwargs) -> dict[str, float]:
@@ -169,18 +140,18 @@ class ReadableEmbeddings:
 
 
 def embed_readable(model: FRPT, dataset: Dataset, indices: Sequence[int], *, batch_size: int = 64,
-                   device: str | torch.device = "cpu", precision: str = "fp32", workers: int = 0,
-                   on_batch: Callable[[int], None] | None = None) -> ReadableEmbeddings:
-    """Embed ``dataset[indices]`` in order, skipping (and listing) images that cannot be decoded.
+                   device: str | torch.device = "cpu", precision: str = "fp32", engine: str | None = None,
+                   workers: int | None = None, on_batch: Callable[[int], None] | None = None) -> ReadableEmbeddings:
+    """Embed ``dataset[indices]`` in order on ``engine``, skipping (and listing) images that cannot be decoded.
     ``on_batch(n)`` is called after each batch with the number of items it covered (progress)."""
     device = torch.device(device)
-    loader = DataLoader(Subset(_Readable(dataset), list(indices)), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate_readable)
+    batches = loader(Subset(_Readable(dataset), list(indices)), batch_size, workers, collate_fn=_collate_readable)
     before, after, labels, kept, unreadable = [], [], [], [], []
-    with _inference(model, device):
-        for images, targets, index, bad in loader:
+    plan_ = plan(engine, precision, device, model)
+    with inference(model, plan_, device):
+        for images, targets, index, bad in batches:
             if images is not None:
-                b, a = _forward(model, images, device, precision)
+                b, a = _forward(model, images, plan_, device)
                 before.append(b)
                 after.append(a)
                 labels.append(targets)
@@ -190,6 +161,6 @@ def embed_readable(model: FRPT, dataset: Dataset, indices: Sequence[int], *, bat
                 on_batch(len(index) + len(bad))
     if not kept:
         return ReadableEmbeddings(Embeddings(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32),
-                                             np.zeros(0, np.int64)), np.zeros(0, np.int64), unreadable)
-    emb = Embeddings(torch.cat(before).numpy(), torch.cat(after).numpy(), torch.cat(labels).numpy())
+                                             np.zeros(0, np.int64), plan_), np.zeros(0, np.int64), unreadable)
+    emb = Embeddings(torch.cat(before).numpy(), torch.cat(after).numpy(), torch.cat(labels).numpy(), plan_)
     return ReadableEmbeddings(emb, torch.cat(kept).numpy(), unreadable)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from .engine import Plan, autocast, inference, plan
 from .errors import CheckpointError
-from .evaluation import autocast
+from .evaluation import loader
 from .fileio import atomic_write, atomic_write_text
 from .models import FRPT
 
@@ -43,6 +44,7 @@ class CachedSplit:
     maps: dict[str, np.ndarray]
     labels: np.ndarray
     seconds: float = 0.0  # spent computing missing maps in this call (0 when all were cached)
+    plan: Plan | None = None  # the engine and precision that computed the maps (None: not recorded)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -90,12 +92,13 @@ def _view_folder(root: Path, split: str, view: str, key: dict[str, object]) -> P
 
 @torch.no_grad()
 def cache_split(model: FRPT, dataset: Dataset, views: tuple[str, ...], root: str | os.PathLike, split: str, *,
-                batch_size: int = 32, workers: int = 0, precision: str = "fp32",
+                batch_size: int = 32, workers: int | None = None, precision: str = "fp32", engine: str | None = None,
                 progress: bool = True) -> CachedSplit:
-    """Final frozen maps of ``views`` for every image of ``dataset``, computed where missing, then memory-mapped.
+    """Final frozen maps of ``views`` for every image of ``dataset``, computed where missing (on ``engine``,
+    :mod:`frpt.engine`), then memory-mapped.
 
     Views come from :meth:`FRPT.view_maps` (the model's own forward), so cached training sees exactly what
-    inference computes."""
+    inference computes. The plan that computed the maps is kept in ``<split>/plan.json``."""
     root = Path(root)
     folders = {v: _view_folder(root, split, v, cache_key(model, dataset, v)) for v in views}
     n = len(dataset)
@@ -103,36 +106,42 @@ def cache_split(model: FRPT, dataset: Dataset, views: tuple[str, ...], root: str
     todo = {s: tuple(v for v in views if not (folders[v] / f"chunk-{s:06d}.npy").is_file()) for s in starts}
     missing = [s for s in starts if todo[s]]
     labels_file = root / split / "labels.npy"
+    plan_file = root / split / "plan.json"
     started = time.perf_counter()
     if missing:
-        was_training = model.training
-        model.eval().to(memory_format=torch.channels_last)
         saved = model.config
         device = model.pixel_mean.device
-        try:
-            bar = tqdm(total=sum(min(CHUNK, n - s) for s in missing), desc=f"caching {split} {'+'.join(views)}",
-                       disable=not progress, unit="img")
-            for start in missing:
-                chunk = Subset(dataset, range(start, min(n, start + CHUNK)))
-                wanted = todo[start]  # only the views this chunk lacks (the original is still run for a crop)
-                model.config = replace(saved, views=",".join(wanted))
-                outputs: dict[str, list[np.ndarray]] = {v: [] for v in wanted}
-                for images, _, _ in DataLoader(chunk, batch_size=batch_size, num_workers=workers):
-                    images = images.to(device).contiguous(memory_format=torch.channels_last)
-                    with autocast(device, precision):
-                        maps, _ = model.view_maps(images)
+        ran = plan(engine, precision, device, model)
+        with inference(model, ran, device):
+            try:
+                bar = tqdm(total=sum(min(CHUNK, n - s) for s in missing), unit="img", disable=not progress,
+                           desc=f"caching {split} {'+'.join(views)} ({ran.engine} {ran.precision})")
+                for start in missing:
+                    chunk = Subset(dataset, range(start, min(n, start + CHUNK)))
+                    wanted = todo[start]  # only the views this chunk lacks (the original is still run for a crop)
+                    model.config = replace(saved, views=",".join(wanted))
+                    outputs: dict[str, list[np.ndarray]] = {v: [] for v in wanted}
+                    for images, _, _ in loader(chunk, batch_size, workers):
+                        images = images.to(device).contiguous(memory_format=torch.channels_last)
+                        with autocast(device, ran.precision):
+                            maps, _ = model.view_maps(images)
+                        for v in wanted:
+                            outputs[v].append(maps[v].float().cpu().numpy().astype(np.float16))
+                        bar.update(len(images))
                     for v in wanted:
-                        outputs[v].append(maps[v].float().cpu().numpy().astype(np.float16))
-                    bar.update(len(images))
-                for v in wanted:
-                    _save_npy(folders[v] / f"chunk-{start:06d}.npy", np.concatenate(outputs[v]))
-            bar.close()
-        finally:
-            model.config = saved
-            model.to(memory_format=torch.contiguous_format).train(was_training)
+                        _save_npy(folders[v] / f"chunk-{start:06d}.npy", np.concatenate(outputs[v]))
+                bar.close()
+            finally:
+                model.config = saved
+        atomic_write_text(plan_file, json.dumps(ran.as_dict()))
     if not labels_file.is_file():
         labels = np.asarray(getattr(dataset, "targets", None) or [dataset[i][1] for i in range(n)], dtype=np.int64)
         _save_npy(labels_file, labels)
     maps = {v: np.concatenate([np.load(folders[v] / f"chunk-{s:06d}.npy", mmap_mode="r") for s in starts])
             for v in views}
-    return CachedSplit(maps=maps, labels=np.load(labels_file), seconds=time.perf_counter() - started if missing else 0.0)
+    try:
+        stored = Plan(**json.loads(plan_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        stored = None  # a cache from before engines were recorded
+    return CachedSplit(maps=maps, labels=np.load(labels_file), plan=stored,
+                       seconds=time.perf_counter() - started if missing else 0.0)

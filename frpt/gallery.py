@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .data.base import RetrievalDataset
 from .errors import DatasetError
-from .evaluation import Embeddings, ReadableEmbeddings, embed_readable, resolve_precision
+from .engine import Plan, plan
+from .evaluation import Embeddings, ReadableEmbeddings, embed_readable
 from .fileio import atomic_write, atomic_write_text, npz_memmap, write_npz_blocks
 from .index import IndexSpec, RetrievalIndex, row_norms
 from .models import FRPT, file_sha256
@@ -58,9 +59,11 @@ class Gallery:
     # dataset index of each row, ascending (shards are assembled in order); differs from the row number after the
     # first skipped image
     indices: np.ndarray | None = None
-    # the resolved precision the rows were computed at ("fp32" or "bf16"); embed a query the same way so it
-    # matches its own row at cosine ~1 (None: a gallery from before this was recorded)
+    # the resolved precision the rows were computed at ("fp32" or "bf16") and the engine that ran the frozen
+    # backbone (frpt.engine); embed a query the same way so it matches its own row at cosine ~1 (None: a gallery
+    # from before this was recorded; the engine then was torch)
     precision: str | None = None
+    engine: str | None = None
 
     def __post_init__(self) -> None:
         if self.indices is None:
@@ -107,19 +110,20 @@ def load_gallery(path: Path) -> Gallery | None:
             if indices is None and skipped:
                 return None  # rows cannot be matched to dataset images: recompute
             precision = str(data["precision"]) if "precision" in data.files else None
+            engine = str(data["engine"]) if "engine" in data.files else ("torch" if precision else None)
             return Gallery(emb, [str(s) for s in data["ids"]], [str(c) for c in data["classes"]], path, skipped,
-                           indices, precision)
+                           indices, precision, engine)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # damaged cache: recompute
 
 
-def _run_key(card: dict[str, Any], dataset: RetrievalDataset, precision: str, shard_size: int) -> dict[str, Any]:
+def _run_key(card: dict[str, Any], dataset: RetrievalDataset, plan_: Plan, shard_size: int) -> dict[str, Any]:
     """What the shards of a run depend on; a manifest with another key is a different run and starts over."""
     listing = json.dumps({"classes": list(dataset.classes), "samples": [[s, int(y)] for s, y in dataset.samples]},
                          ensure_ascii=True)
     return {"weights_sha256": card["files"].get("weights_sha256"), "input_size": card["input_size"],
             "dataset": dataset.name, "split": dataset.split, "images": len(dataset), "shard_size": shard_size,
-            "precision": precision, "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+            **plan_.as_dict(), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def _shard_name(k: int) -> str:
@@ -177,7 +181,8 @@ class _Manifest:
             first = skipped[0]["reason"] if skipped else ""
             raise DatasetError(f"None of the {len(dataset)} images of the {dataset.name} {dataset.split} split could "
                                f"be read ({first.rstrip('.')}); check the dataset folder.")
-        _write_gallery(gallery, dataset, blocks, [s["id"] for s in skipped], self.data["key"]["precision"])
+        key = self.data["key"]
+        _write_gallery(gallery, dataset, blocks, [s["id"] for s in skipped], Plan(key["engine"], key["precision"]))
         del blocks  # unmap the shards before removing them
         self.data.update(complete=True, skipped=skipped, shards={})
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
@@ -185,13 +190,14 @@ class _Manifest:
 
 
 def _write_gallery(path: Path, dataset: RetrievalDataset, blocks: list[dict[str, np.ndarray]],
-                   skipped_ids: list[str], precision: str) -> None:
+                   skipped_ids: list[str], plan_: Plan) -> None:
     """The gallery file (the format :func:`load_gallery` reads) from row blocks in dataset order (each with
     before, after, labels and indices), written atomically and a block at a time."""
     indices = np.concatenate([np.asarray(b["indices"]) for b in blocks])
     members = {name: [b[name] for b in blocks] for name in ("before", "after", "labels")}
     members.update(ids=[np.array([dataset.samples[i][0] for i in indices])], classes=[np.array(dataset.classes)],
-                   skipped=[np.array(skipped_ids, dtype=str)], indices=[indices], precision=[np.array(precision)])
+                   skipped=[np.array(skipped_ids, dtype=str)], indices=[indices], precision=[np.array(plan_.precision)],
+                   engine=[np.array(plan_.engine)])
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
@@ -201,11 +207,13 @@ def _write_gallery(path: Path, dataset: RetrievalDataset, blocks: list[dict[str,
 
 
 def store_gallery(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None,
-                  embeddings: Embeddings, precision: str) -> Gallery:
+                  embeddings: Embeddings) -> Gallery:
     """Store embeddings already computed for every image of ``dataset`` (training's final test evaluation) as
     the checkpoint's gallery, so the app's first visit and ``frpt embed`` read them instead of embedding the split
-    again (minutes at 224 px on a 2-core CPU). Rows must be in dataset order, one per image; ``precision`` is
-    the resolved one they were computed at (queries are embedded the same way)."""
+    again. Rows must be in dataset order, one per image, and record the plan (engine and precision) that computed
+    them (queries are embedded the same way)."""
+    if embeddings.plan is None:
+        raise ValueError("embeddings without the plan that computed them cannot be stored as a gallery")
     if len(embeddings.labels) != len(dataset) or not np.array_equal(
             np.asarray(embeddings.labels), np.array([y for _, y in dataset.samples])):
         raise ValueError(f"{len(embeddings.labels)} embeddings do not match the {len(dataset)} images of "
@@ -215,7 +223,7 @@ def store_gallery(card: dict[str, Any], dataset: RetrievalDataset, root: str | o
     with FileLock(str(path.with_name(f"{path.stem}.lock"))):
         block = {"before": embeddings.before, "after": embeddings.after, "labels": embeddings.labels,
                  "indices": np.arange(len(dataset), dtype=np.int64)}
-        _write_gallery(path, dataset, [block], [], precision)
+        _write_gallery(path, dataset, [block], [], embeddings.plan)
         # Shards of an earlier interrupted `frpt embed` run on these weights are superseded.
         shutil.rmtree(_parts_dir(path), ignore_errors=True)
         manifest_file(path).unlink(missing_ok=True)
@@ -277,12 +285,14 @@ def _model_device(model: FRPT) -> torch.device:
 
 def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, *,
                        root: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
-                       progress: bool = True, recompute: bool = False, device: str | torch.device | None = None,
+                       engine: str | None = None, progress: bool = True, recompute: bool = False, device: str | torch.device | None = None,
                        shard_size: int = SHARD_SIZE, on_shard: Callable[[int], None] | None = None) -> Gallery:
     """Load the stored gallery embeddings, or compute them shard by shard (resuming a killed run) and store them.
 
     Images that cannot be decoded are skipped and listed (``Gallery.skipped`` and the manifest), never fatal.
-    ``precision`` "auto" (the app's and ``frpt embed``'s): bf16 autocast only where the CPU has it natively.
+    ``precision`` "auto" (the app's and ``frpt embed``'s): bf16 only where the CPU has it natively; ``engine``
+    (None: ``$FRPT_ENGINE`` or auto) runs the frozen backbone (:mod:`frpt.engine`). A stored gallery is read
+    whatever the engine asked for: it records its own, and queries follow it.
     ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed (progress hooks, tests)."""
     path = gallery_file(card, dataset, root)
     main = distributed.is_main()
@@ -290,12 +300,12 @@ def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalData
     # Rank 0 holds the lock for the whole run (the other ranks of a torchrun job follow its decisions below).
     with FileLock(str(path.with_name(f"{path.stem}.lock"))) if main else nullcontext():
         return _gallery_locked(model, card, dataset, path, batch_size=batch_size, precision=precision,
-                               progress=progress, recompute=recompute, device=device, shard_size=shard_size,
+                               engine=engine, progress=progress, recompute=recompute, device=device, shard_size=shard_size,
                                on_shard=on_shard)
 
 
 def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, path: Path, *, batch_size: int,
-                    precision: str, progress: bool, recompute: bool, device: str | torch.device | None,
+                    precision: str, engine: str | None, progress: bool, recompute: bool, device: str | torch.device | None,
                     shard_size: int, on_shard: Callable[[int], None] | None) -> Gallery:
     main = distributed.is_main()
     cached = None if recompute or not main else load_gallery(path)
@@ -307,7 +317,8 @@ def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset
     if shard_size < 1:
         raise DatasetError(f"Shard size {shard_size} is not usable; use a positive number of images.")
     device = torch.device(device) if device is not None else _model_device(model)
-    key = _run_key(card, dataset, resolve_precision(precision, device), shard_size)
+    plan_ = plan(engine, precision, device, model)
+    key = _run_key(card, dataset, plan_, shard_size)
     manifest = _Manifest(path, key, restart=recompute) if main else None
     done = distributed.broadcast_object(manifest.finished() if manifest else None)
     count = math.ceil(len(dataset) / shard_size)
@@ -326,8 +337,8 @@ def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset
             group = pending[start:start + world]  # one shard per process in this round
             mine = group[rank] if rank < len(group) else None
             result = None if mine is None else embed_readable(
-                model, dataset, rows(mine), batch_size=batch_size, device=device, precision=precision,
-                on_batch=lambda n, scale=len(group): bar.update(n * scale))
+                model, dataset, rows(mine), batch_size=batch_size, device=device, precision=plan_.precision,
+                engine=plan_.engine, on_batch=lambda n, scale=len(group): bar.update(n * scale))
             results = distributed.gather_objects(result)
             if manifest is not None:
                 for k, res in zip(group, results):

@@ -16,7 +16,8 @@ import itertools
 import math
 import random
 import time
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from .metrics import retrieval_metrics
 from .models import FRPT
 
 LOG = "log.csv"
-# Training's test evaluation runs in fp32 (its figures are the card's metrics); the stored gallery records it.
+# Training's test evaluation runs in fp32 (its figures are the card's metrics), on the inference engine the run
+# names (frpt.engine); the card and the stored gallery record both.
 TEST_PRECISION = "fp32"
 LOG_FIELDS = ("epoch", "train_loss", "lr", "recall@1", "seconds")
 
@@ -168,16 +170,19 @@ def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, rank: int = 0
 def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
           dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
           device: str | torch.device = "cpu", progress: bool = True, eval_batch_size: int = 64,
-          limit_batches: int | None = None) -> dict[str, Any]:
+          limit_batches: int | None = None, engine: str | None = None) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` epochs, checkpointing into ``out_dir`` after each; returns the card.
+    The test passes run without gradients on ``engine`` (:mod:`frpt.engine`); training itself runs in torch.
 
     Under a process group (torchrun), every process calls this with the same arguments; see the module doc."""
     out_dir = Path(out_dir)
     device = torch.device(device)
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     progress = progress and main
+    cfg = fit_batch(cfg, len(train_set), world, say=main)
     # Card fields: how this run's epochs were computed (the train config's batch_size is the global batch).
     parallel = {"world_size": world, "global_batch_size": cfg.batch_size}
+    test_pass = partial(_test_pass, model, test_set, eval_batch_size, device, cfg.workers or None, engine=engine)
     model.to(device)
     optimizer = build_optimizer(model, cfg)
     start_epoch, rows = 0, []
@@ -207,11 +212,12 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         raise CheckpointError(f"The training split has {len(train_set)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size.")
     if not model.config.trainable or start_epoch >= cfg.epochs:
-        metrics, test_emb = _test_pass(model, test_set, eval_batch_size, device, cfg.workers, progress)
+        metrics, test_emb = test_pass(progress=progress)
         if main:
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=start_epoch,
-                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
-            store_test_gallery(out_dir, test_set, dataset_info, test_emb, TEST_PRECISION)
+                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer),
+                            extra={**parallel, **inference_record(test_emb)})
+            store_test_gallery(out_dir, test_set, dataset_info, test_emb)
         return distributed.broadcast_object(load_card(out_dir) if main else None)
     net: torch.nn.Module = model
     if world > 1:
@@ -252,37 +258,56 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         test_emb = None
         last = done == cfg.epochs
         if last or (cfg.eval_every and done % cfg.eval_every == 0):
-            metrics, test_emb = _test_pass(model, test_set, eval_batch_size, device, cfg.workers, False)
+            metrics, test_emb = test_pass(progress=False)
         rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
                      "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
         if main:
             _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
             save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
-                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer), extra=parallel)
+                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer),
+                            extra={**parallel, **inference_record(test_emb)})
             if last:
-                store_test_gallery(out_dir, test_set, dataset_info, test_emb, TEST_PRECISION)
+                store_test_gallery(out_dir, test_set, dataset_info, test_emb)
     return distributed.broadcast_object(load_card(out_dir) if main else None)  # rank 0's card, on every process
 
 
+def fit_batch(cfg: TrainConfig, images: int, world: int = 1, say: bool = True) -> TrainConfig:
+    """``cfg`` with its batch shrunk to what a training split of ``images`` holds (a multiple of the ``world``
+    processes), said in one line: the released code's batch of 256 is larger than a small split such as the
+    built-in synthetic one. The card records the batch that ran."""
+    fitted = images // world * world
+    if cfg.batch_size <= images or fitted < 2:
+        return cfg  # fits, or a split too small for any batch (train() says so)
+    if say:
+        print(f"note: the training split has {images} images, fewer than one batch of {cfg.batch_size}; training "
+              f"with batches of {fitted}.", file=sys.stderr)
+    return replace(cfg, batch_size=fitted)
+
+
+def inference_record(emb: Embeddings | None) -> dict[str, Any]:
+    """Card field: how the test figures were computed (engine and precision of the frozen backbone's passes)."""
+    return {"inference": emb.plan.as_dict()} if emb is not None and emb.plan is not None else {}
+
+
 def _test_pass(model: FRPT, test_set: Dataset | None, batch_size: int, device: torch.device, workers: int,
-               progress: bool) -> tuple[dict[str, Any], Embeddings | None]:
+               progress: bool, engine: str | None = None) -> tuple[dict[str, Any], Embeddings | None]:
     """Test-split figures and the embeddings they came from (none without a test split)."""
     if test_set is None:
         return {}, None
     emb = extract_embeddings(model, test_set, batch_size=batch_size, device=device, precision=TEST_PRECISION,
-                             workers=workers, progress=progress)
+                             engine=engine, workers=workers, progress=progress)
     return score_embeddings(emb), emb
 
 
 def store_test_gallery(out_dir: Path, test_set: Dataset | None, dataset_info: dict[str, Any],
-                       embeddings: Embeddings | None, precision: str) -> None:
+                       embeddings: Embeddings | None) -> None:
     """The final test embeddings become the saved checkpoint's gallery (:func:`frpt.gallery.store_gallery`), so
     the app opens a checkpoint trained here without embedding the test split again. Rank 0 only."""
     if embeddings is None or not isinstance(test_set, RetrievalDataset):
         return
     from .gallery import store_gallery
 
-    store_gallery(load_card(out_dir), test_set, dataset_info.get("root"), embeddings, precision)
+    store_gallery(load_card(out_dir), test_set, dataset_info.get("root"), embeddings)
 
 
 __all__ = ["train", "epoch_loader", "lr_at", "build_optimizer", "read_log", "retrieval_metrics", "LOG"]

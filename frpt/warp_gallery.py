@@ -17,6 +17,7 @@ import torch
 from . import viz
 from .data import transform_box
 from .data.base import Box, RetrievalDataset
+from .engine import inference, plan
 from .models import FRPT, focus_score, identity_grid
 from .models.crop import CropPrompt
 
@@ -94,6 +95,14 @@ def warp_records(model: FRPT, dataset: RetrievalDataset, indices: Sequence[int],
     records: list[WarpRecord] = []
     crop = isinstance(model.prompt, CropPrompt)
     device = model.pixel_mean.device
+    plan_ = plan(None, "auto", device, model)  # the prompt reads the frozen backbone: its pass runs on the engine
+    with inference(model, plan_, device):
+        _warp_chunks(model, dataset, indices, loaded, batch_size, crop, device, records)
+    return records
+
+
+def _warp_chunks(model: FRPT, dataset: RetrievalDataset, indices: Sequence[int], loaded: list, batch_size: int,
+                 crop: bool, device: torch.device, records: list[WarpRecord]) -> None:
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start:start + batch_size]
         images = torch.stack([image for image, _, _ in chunk])
@@ -114,7 +123,6 @@ def warp_records(model: FRPT, dataset: RetrievalDataset, indices: Sequence[int],
                     record.focus = float(focus_score(grid, unit)[0])
                     record.area_share = float(focus_score(identity_grid(size, not crop), unit)[0])
             records.append(record)
-    return records
 
 
 def sort_records(records: Sequence[WarpRecord], key: str) -> list[WarpRecord]:

@@ -24,7 +24,8 @@ query_row = gallery.row_of(query.index) if query.index is not None else None
 if query_row is not None:
     q = gallery.embeddings.after[query_row]
 else:
-    q = embed_images(ctx.model, query.image[None], precision=gallery.precision or "auto")[0]  # as the gallery was
+    q = embed_images(ctx.model, query.image[None], precision=gallery.precision or "auto",
+                     engine=gallery.engine)[0]  # as the gallery was
 ranking = logic.rank_gallery(q, gallery.embeddings.after, labels, k, query.label, exclude=query_row,
                              norms=gallery.after_norms)
 

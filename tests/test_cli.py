@@ -46,6 +46,8 @@ def test_train_evaluate_retrieve_info_on_synthetic(tmp_path, preset):
     # fp32 as training's own evaluation: the default (auto) is bf16 on CPUs with native bf16, which moves R@1
     evaluated = last_json(frpt("evaluate", "--checkpoint", str(out), "--dataset", "synthetic", "--precision", "fp32"))
     assert evaluated["queries"] == 240 and evaluated["preset"] == preset
+    # the default engine ran both, and each says so (galleries and cards record it; frpt.engine)
+    assert (evaluated["engine"], evaluated["precision"]) == (stored.engine, "fp32") == (embedded["engine"], "fp32")
     assert evaluated["recall@1"] == pytest.approx(trained["recall@1"])  # same checkpoint, same protocol
     for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"):
         assert 0.0 <= evaluated[key] <= 1.0
@@ -97,3 +99,18 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "pickle" in proc.stderr
+
+
+def test_a_released_batch_larger_than_the_split_shrinks_to_it_and_says_so(tmp_path):
+    """The official preset's batch is 256; the built-in synthetic training split has 240 images. The run trains
+    with one batch of 240, says so in one line, and its card records the batch that ran."""
+    proc = frpt("train", "--dataset", "synthetic", "--preset", "official", "--epochs", "1", "--input-size", "64",
+                "--out", str(tmp_path / "run"), "--no-umap")
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the training split has 240 images, fewer than one batch of 256; training with batches "
+                     "of 240."]
+    from frpt.checkpoint import load_card
+
+    card = load_card(tmp_path / "run")
+    assert card["train"]["batch_size"] == 240 and card["global_batch_size"] == 240 and card["epoch"] == 1
+    assert card["inference"]["precision"] == "fp32"

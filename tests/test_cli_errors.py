@@ -18,9 +18,11 @@ from frpt.models import build_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli_error(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "frpt", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+def cli_error(*args: str, without: str = "") -> str:
+    """Run the CLI (with the Python package ``without`` made unimportable) and return its one error line."""
+    hide = f"import sys; sys.modules[{without!r}] = None; " if without else "import sys; "
+    proc = subprocess.run([sys.executable, "-c", hide + "from frpt.cli import main; sys.exit(main(sys.argv[1:]))",
+                           *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("."), proc.stderr[-3000:]
@@ -96,3 +98,10 @@ def test_embed_index_that_fits_no_budget(ckpt):
     assert not list((ckpt / "gallery").glob("*.index")) and list((ckpt / "gallery").glob("*.npz"))
     msg = cli_error("embed", "--checkpoint", ckpt, "--dataset", "synthetic", "--index", "--memory-budget-gb", "-1")
     assert "--memory-budget-gb -1.0 is not a size" in msg
+
+
+@pytest.mark.parametrize("command", ["evaluate", "embed"])
+def test_an_engine_whose_runtime_is_not_installed_is_one_sentence_naming_the_package(ckpt, command):
+    msg = cli_error(command, "--checkpoint", ckpt, "--dataset", "synthetic", "--engine", "onnxruntime", "--quiet",
+                    without="onnxruntime")
+    assert "needs the Python package `onnxruntime`" in msg and "--engine auto" in msg

@@ -11,7 +11,8 @@ from frpt.compact import embed_cached, train_compact, validation_split
 from frpt.config import model_config, train_config
 from frpt.data import build_dataset, build_transform
 from frpt.errors import CheckpointError
-from frpt.evaluation import evaluate, native_bf16, resolve_precision
+from frpt.engine import native_bf16, resolve_precision
+from frpt.evaluation import evaluate
 from frpt.feature_cache import cache_split
 from frpt.models import RANDOM_WEIGHTS, build_model
 from frpt.models.crop import CropPrompt

@@ -1,0 +1,197 @@
+"""The inference engines of the frozen backbone (frpt.engine): the plan they resolve to, agreement with torch fp32
+on the real pretrained backbone, the on-disk cache of compiled models, and the record galleries keep."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+from frpt import engine
+from frpt.checkpoint import load_checkpoint
+from frpt.data import build_dataset, build_transform
+from frpt.demo import bundled_cub_checkpoints, demo_checkpoint_dir
+from frpt.engine import CompiledBackbone, Plan, inference, plan
+from frpt.errors import ConfigError
+from frpt.evaluation import embed_images, extract_embeddings
+from frpt.models import Backbone
+
+COMPILED = [e for e in engine.COMPILED if engine.installed(e)]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Compiled models of these tests in a folder of their own (shared by the module: compiling is seconds)."""
+    monkeypatch.setenv("FRPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "engine-cache"))
+    monkeypatch.delenv("FRPT_ENGINE", raising=False)
+
+
+def test_the_plan_is_what_will_run(monkeypatch):
+    assert plan("torch", "fp32") == Plan("torch", "fp32")
+    assert plan("openvino", "auto", "cuda") == Plan("torch", "bf16")  # compiled engines are CPU runtimes
+    if engine.installed("onnxruntime"):
+        assert plan("onnxruntime", "bf16") == Plan("onnxruntime", "fp32")  # no CPU bf16 kernels there
+    if engine.installed("openvino"):
+        assert plan("auto", "fp32").engine == "openvino"  # auto's first choice where installed
+        assert plan("openvino", "bf16").precision == ("bf16" if engine.native_bf16() else "fp32")
+    monkeypatch.setenv("FRPT_ENGINE", "torch")
+    assert plan(None, "fp32") == Plan("torch", "fp32")  # the app's default comes from $FRPT_ENGINE
+    finetuned, _ = load_checkpoint(demo_checkpoint_dir("pt"))
+    finetuned.backbone.frozen = False  # a trained backbone is not the weights file a compiled model is keyed by
+    assert plan("auto", "fp32", "cpu", finetuned).engine == "torch"
+
+
+def test_an_engine_that_is_not_installed_or_unknown_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(engine, "installed", lambda name: name == "torch")
+    with pytest.raises(ConfigError, match=r"needs the Python package `openvino`.*pip install openvino"):
+        plan("openvino", "fp32")
+    assert plan("auto", "fp32") == Plan("torch", "fp32")  # auto falls back to exact torch
+    monkeypatch.setenv("FRPT_ENGINE", "tensorrt")
+    with pytest.raises(ConfigError, match="Unknown inference engine 'tensorrt'.*FRPT_ENGINE"):
+        plan(None, "fp32")
+
+
+def _images(n: int, size: int, cub_root=None) -> torch.Tensor:
+    """Real photographs: CUB test images where a copy is at hand, else the built-in synthetic set's."""
+    if cub_root is not None:
+        data = build_dataset("cub", "test", root=cub_root, transform=build_transform(size, train=False))
+        step = len(data) // n
+    else:
+        data = build_dataset("synthetic", "test", transform=build_transform(size, train=False))
+        step = len(data) // n
+    return torch.stack([data[i * step][0] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def photos(request):
+    from conftest import CUB_ROOT
+
+    root = CUB_ROOT if (CUB_ROOT / "images.txt").is_file() else None
+    return _images(12, 224, root)
+
+
+@pytest.mark.parametrize("name", ["cub/compact-frpt", "cub/paper-frpt"])  # crop prompt on M_P; warp on a stage
+@pytest.mark.parametrize("engine_name", COMPILED)
+def test_a_compiled_fp32_engine_embeds_each_image_as_torch_fp32_does(name, engine_name, photos):
+    """Per image, cosine >= 0.999 with torch fp32's embedding: the whole model (prompt, views, head) on the real
+    pretrained backbone, the compiled engine standing in for every backbone pass."""
+    model, _ = load_checkpoint(bundled_cub_checkpoints()[name])
+    reference = torch.from_numpy(embed_images(model, photos, precision="fp32", engine="torch"))
+    compiled = torch.from_numpy(embed_images(model, photos, precision="fp32", engine=engine_name))
+    assert F.cosine_similarity(compiled, reference).min() >= 0.999
+    assert isinstance(model.backbone, Backbone)  # the torch backbone is back after the pass
+
+
+@pytest.mark.skipif(not engine.installed("openvino") or not engine.native_bf16(),
+                    reason="bf16 engines run only where the CPU has native bf16")
+def test_the_bf16_engine_keeps_the_backbones_maps(photos):
+    """bf16 rounds every activation: the flattened final maps (62,720 values an image) agree with torch fp32 at
+    cosine >= 0.995 for every image (0.998 measured on CUB photographs; a wrong layout or normalisation gives far
+    less). The full-split check of what bf16 does to retrieval is the CUB test below."""
+    bb = Backbone("efficientnet_lite0")
+    x = (photos - torch.tensor(bb.mean).view(1, 3, 1, 1)) / torch.tensor(bb.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        reference = bb(x).flatten(1)
+    maps = engine.compiled_runner(bb, 224, None, Plan("openvino", "bf16"))(x).flatten(1)
+    cosine = F.cosine_similarity(maps, reference)
+    assert cosine.min() >= 0.995
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")
+def test_compiled_models_are_cached_on_disk_and_an_interrupted_compile_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRPT_CACHE_DIR", str(tmp_path))
+    bb = Backbone("efficientnet_lite0", "random")
+    p = Plan(COMPILED[0], "fp32")
+    real_export = engine._export
+
+    def killed(name, module, size, folder):
+        (folder / "model.partial").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_export", killed)
+    with pytest.raises(KeyboardInterrupt):
+        engine.compiled_runner(bb, 64, None, p)
+    folder = tmp_path / "engines"
+    assert list(folder.iterdir()) == []  # the temporary folder went with the interrupted compile
+
+    monkeypatch.setattr(engine, "_export", real_export)
+    runner = engine.compiled_runner(bb, 64, None, p)
+    (entry,) = folder.iterdir()
+    key = json.loads((entry / "key.json").read_text())
+    assert key["input_size"] == 64 and key["output"] == "final" and key["engine"] == p.engine
+    assert key["version"] == engine.runtime_version(p.engine) and key["precision"] == "fp32"
+
+    # A new process (the in-memory table cleared) loads the stored model without converting again.
+    monkeypatch.setattr(engine, "_LOADED", {})
+    monkeypatch.setattr(engine, "_export", killed)
+    again = engine.compiled_runner(bb, 64, None, p)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(again(x), runner(x))
+    # Another input size or other weights is another compiled model.
+    monkeypatch.setattr(engine, "_export", real_export)
+    engine.compiled_runner(bb, 96, None, p)
+    engine.compiled_runner(Backbone("efficientnet_lite0", "random"), 64, None, p)
+    assert len(list(folder.iterdir())) == 3
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")
+def test_the_compiled_backbone_stands_aside_where_gradients_flow():
+    model, _ = load_checkpoint(demo_checkpoint_dir("frpt"))
+    size = model.config.input_size
+    x = torch.rand(2, 3, size, size)
+    p = plan(COMPILED[0], "fp32", "cpu", model)
+    with inference(model, p):
+        assert isinstance(model.backbone, CompiledBackbone)
+        with torch.enable_grad():  # attributions: the torch backbone, with a graph
+            x.requires_grad_(True)
+            out = model.backbone(model.normalize(x))
+            assert out.requires_grad
+            out.sum().backward()
+            assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with inference(model, p):
+            raise RuntimeError("boom")
+    assert isinstance(model.backbone, Backbone) and "backbone.source.model.conv_stem.weight" not in \
+        dict(model.named_parameters())
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")
+def test_a_gallery_records_its_engine_and_a_query_matches_its_own_row(tmp_path):
+    import shutil
+
+    from frpt.gallery import gallery_embeddings, load_gallery
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(demo_checkpoint_dir("frpt"), folder, ignore=shutil.ignore_patterns("gallery"))
+    model, card = load_checkpoint(folder)
+    data = build_dataset("synthetic", "test", transform=build_transform(card["input_size"], train=False))
+    subset = Subset(data, range(40))
+    subset.name, subset.split, subset.classes = data.name, data.split, data.classes
+    subset.samples = data.samples[:40]
+    gallery = gallery_embeddings(model, card, subset, engine=COMPILED[0], progress=False)
+    assert gallery.engine == COMPILED[0] and gallery.precision in ("fp32", "bf16")
+    reread = load_gallery(gallery.path)
+    assert (reread.engine, reread.precision) == (gallery.engine, gallery.precision)
+    query = embed_images(model, data[7][0][None], precision=gallery.precision, engine=gallery.engine)
+    own = F.cosine_similarity(torch.from_numpy(query), torch.from_numpy(np.asarray(gallery.embeddings.after[7:8])))
+    assert own.item() > 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")
+def test_the_shipped_compact_checkpoint_reevaluates_on_the_engine_as_its_card_says(cub_root):
+    """The whole CUB test split (5,924 queries, four views each) on the default engine and precision of this CPU
+    (OpenVINO bf16 where the CPU has native bf16, else f32): within 0.3 R@1 and 0.3 MAP@R points of the card."""
+    model, card = load_checkpoint(bundled_cub_checkpoints()["cub/compact-frpt"])
+    test_set = build_dataset("cub", "test", root=cub_root, transform=build_transform(card["input_size"], train=False))
+    emb = extract_embeddings(model, test_set, precision="auto", engine="auto", progress=False)
+    assert emb.plan.engine in COMPILED
+    from frpt.metrics import retrieval_metrics
+
+    metrics = retrieval_metrics(emb.after, emb.labels)
+    assert metrics["queries"] == 5924
+    for key in ("recall@1", "map@r"):
+        assert metrics[key] == pytest.approx(card["metrics"][key], abs=0.003), key

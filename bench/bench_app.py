@@ -114,7 +114,6 @@ def first_view(checkpoint: str, dataset: str, root: str | None, stored: bool = F
 
     from frpt.checkpoint import load_checkpoint
     from frpt.data import build_dataset, build_transform
-    from frpt.engine import resolve_precision
     from frpt.gallery import gallery_embeddings, load_gallery
     from frpt.metrics import nearest_neighbour_hits
     from frpt.projection import DEFAULT_MAP_POINTS, gallery_umap, load_gallery_map, umap_file
@@ -142,7 +141,7 @@ def first_view(checkpoint: str, dataset: str, root: str | None, stored: bool = F
         load_gallery_map(umap_file(again, points), len(again.ids))
         warm_s = time.perf_counter() - t0
     return {"checkpoint": checkpoint, "stored": stored, "dataset": dataset, "images": len(ds), "input_size": card["input_size"],
-            "views": card["model"].get("views", "orig"), "precision": resolve_precision("auto"),
+            "views": card["model"].get("views", "orig"), "engine": g.engine, "precision": g.precision,
             "load_s": round(load_s, 2), "gallery_s": round(gallery_s, 1), "umap_s": round(umap_s, 1),
             "nn_hits_s": round(hits_s, 2), "first_view_s": round(load_s + gallery_s + umap_s + hits_s, 1),
             "warm_read_s": round(warm_s, 3), "threads": torch.get_num_threads(),

@@ -4,7 +4,9 @@
    frpt.training), timed steps interleaved so that load from other processes hits both alike.
 2. embed: FRPT forward (DPP saliency pass + warp + backbone on the warped image + CAH) / backbone-only forward
    (the PT model), fp32 and bf16 autocast, channels_last, eval mode, interleaved.
-3. retrieval: top-10 for 16 queries over 10k / 100k / 1M random unit vectors of the backbone's width:
+3. train_memory_format: an FRPT training step (gradients flow through the frozen backbone to the DPP, so it runs in
+   torch, not on an inference engine) in the contiguous layout against channels-last, interleaved.
+4. retrieval: top-10 for 16 queries over 10k / 100k / 1M random unit vectors of the backbone's width:
    frpt.index.RetrievalIndex numpy path vs faiss IndexFlatIP vs plain numpy matmul + argpartition; ms/query.
 
 Inputs are random tensors, so no data loading is timed. Example:
@@ -63,6 +65,31 @@ def bench_train(backbone: str, preset: str, batch: int, size: int, warm: int, st
     emit(bench="train_step", preset=preset, backbone=backbone, batch=batch, input_size=size, steps=steps,
          frpt_ms=median_ms(times["frpt"]), finetune_ms=median_ms(times["finetune"]), ratio_frpt_over_finetune=round(f / ft, 3),
          frpt_img_s=round(batch / f, 2), finetune_img_s=round(batch / ft, 2))
+
+
+def bench_train_memory_format(backbone: str, preset: str, batch: int, size: int, warm: int, steps: int) -> None:
+    torch.manual_seed(0)
+    cfg = train_config(preset)
+    layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    models = {k: build_model(model_config(preset, "frpt", backbone=backbone, num_classes=100, input_size=size))
+              .to(memory_format=f).train() for k, f in layouts.items()}
+    opts = {k: build_optimizer(m, cfg) for k, m in models.items()}
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 100, (batch,))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(warm + steps):
+        for k, m in models.items():  # interleaved
+            t = time.perf_counter()
+            loss = cross_entropy(m(x.contiguous(memory_format=layouts[k])).logits, y, cfg.label_smoothing)
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[k].step()
+            if i >= warm:
+                times[k].append(time.perf_counter() - t)
+    c, cl = statistics.median(times["contiguous"]), statistics.median(times["channels_last"])
+    emit(bench="train_memory_format", preset=preset, backbone=backbone, batch=batch, input_size=size, steps=steps,
+         contiguous_ms=median_ms(times["contiguous"]), channels_last_ms=median_ms(times["channels_last"]),
+         speedup_channels_last=round(c / cl, 3))
 
 
 @torch.no_grad()
@@ -149,7 +176,8 @@ def bench_retrieval(sizes: list[int], dim: int, queries: int, k: int, repeats: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", choices=("train", "embed", "retrieval"), default=["train", "embed", "retrieval"])
+    p.add_argument("--only", nargs="+", choices=("train", "train_memory_format", "embed", "retrieval"),
+                   default=["train", "embed", "retrieval"])
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--presets", nargs="+", default=["paper", "official"])
     p.add_argument("--threads", type=int, default=2)
@@ -169,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         if "train" in args.only:
             bench_train(args.backbone, preset, args.train_batch, args.input_size, args.warm, args.steps)
+        if "train_memory_format" in args.only:
+            bench_train_memory_format(args.backbone, preset, args.train_batch, args.input_size, args.warm, args.steps)
         if "embed" in args.only:
             bench_embed(args.backbone, preset, args.embed_batch, args.input_size, args.warm, args.steps,
                         tuple(args.precisions))

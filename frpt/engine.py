@@ -232,22 +232,31 @@ def compiled_runner(backbone: Backbone, size: int, stride: int | None, plan_: Pl
         if name in _LOADED:
             return _LOADED[name]
         folder = cache_dir() / "engines" / f"{plan_.engine}-{name}"
-        if not (folder / "key.json").is_file():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        if (folder / "key.json").is_file():
             try:
-                was_training = backbone.training
-                _export(plan_.engine, _Output(backbone.eval(), stride).eval(), size, tmp)
-                backbone.train(was_training)
-                (tmp / "key.json").write_text(json.dumps(key, indent=1), encoding="utf-8")  # written last
-                try:
-                    os.replace(tmp, folder)
-                except OSError:  # another process finished the same folder first: use theirs
-                    pass
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                runner = _LOADED[name] = _Runner(plan_.engine, folder, plan_.precision, torch.get_num_threads())
+                return runner
+            except Exception:  # noqa: BLE001 - a damaged cache entry (disk, a hand edit): convert it again
+                shutil.rmtree(folder, ignore_errors=True)
+        _convert(backbone, size, stride, plan_, key, folder)
         runner = _LOADED[name] = _Runner(plan_.engine, folder, plan_.precision, torch.get_num_threads())
         return runner
+
+
+def _convert(backbone: Backbone, size: int, stride: int | None, plan_: Plan, key: dict, folder: Path) -> None:
+    """Convert into a temporary folder beside ``folder``, key.json last, then rename it into place: a killed
+    conversion leaves no folder that is ever read."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _export(plan_.engine, _Output(backbone, stride).eval(), size, tmp)
+        (tmp / "key.json").write_text(json.dumps(key, indent=1), encoding="utf-8")
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same folder first: use theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class CompiledBackbone(nn.Module):
@@ -258,6 +267,7 @@ class CompiledBackbone(nn.Module):
     def __init__(self, source: Backbone, size: int, plan_: Plan):
         super().__init__()
         self.source, self.size, self.plan = source, size, plan_
+        self.runners: dict[int | None, _Runner] = {}  # by stride (None: the final map), looked up once each
 
     def __getattr__(self, name: str):
         try:
@@ -266,8 +276,9 @@ class CompiledBackbone(nn.Module):
             return getattr(self.source, name)  # num_features, feature_info, mean/std, ...
 
     def _run(self, x: torch.Tensor, stride: int | None) -> torch.Tensor:
-        runner = compiled_runner(self.source, self.size, stride, self.plan)
-        return runner(x).to(x.device)
+        if stride not in self.runners:
+            self.runners[stride] = compiled_runner(self.source, self.size, stride, self.plan)
+        return self.runners[stride](x).to(x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.shape[-1] != self.size:
@@ -300,8 +311,8 @@ def inference(model: FRPT, plan_: Plan, device: torch.device | str = "cpu") -> I
                 model.eval().to(device=device, memory_format=torch.channels_last)
             else:
                 model.eval().to(device)
-                model.backbone = CompiledBackbone(source, model.config.input_size, plan_)
-                compiled_runner(source, model.config.input_size, None, plan_)  # compile (or load) before the pass
+                model.backbone = compiled = CompiledBackbone(source, model.config.input_size, plan_)
+                compiled.runners[None] = compiled_runner(source, model.config.input_size, None, plan_)  # before
             with torch.no_grad():
                 yield
         finally:

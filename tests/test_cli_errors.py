@@ -100,8 +100,8 @@ def test_embed_index_that_fits_no_budget(ckpt):
     assert "--memory-budget-gb -1.0 is not a size" in msg
 
 
-@pytest.mark.parametrize("command", ["evaluate", "embed"])
+@pytest.mark.parametrize("command", [("evaluate",), ("embed", "--recompute")])  # a stored gallery needs no engine
 def test_an_engine_whose_runtime_is_not_installed_is_one_sentence_naming_the_package(ckpt, command):
-    msg = cli_error(command, "--checkpoint", ckpt, "--dataset", "synthetic", "--engine", "onnxruntime", "--quiet",
+    msg = cli_error(*command, "--checkpoint", ckpt, "--dataset", "synthetic", "--engine", "onnxruntime", "--quiet",
                     without="onnxruntime")
     assert "needs the Python package `onnxruntime`" in msg and "--engine auto" in msg

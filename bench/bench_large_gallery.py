@@ -126,6 +126,7 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
 
     from frpt.checkpoint import load_card, load_checkpoint
     from frpt.data.folder import build_folder
+    from frpt.engine import Plan
     from frpt.evaluation import Embeddings
     from frpt.gallery import gallery_file, load_gallery, store_gallery
 
@@ -172,7 +173,7 @@ def prepare_app(checkpoint: Path, cub_root: Path, workdir: Path, n: int, classes
         block = labels[s:s + 65_536]
         vectors[s:s + len(block)] = centres[block] + rng.standard_normal((len(block), dim), dtype=np.float32)
     vectors.flush()
-    gallery = store_gallery(card, dataset, folder, Embeddings(vectors, vectors, labels), "fp32")
+    gallery = store_gallery(card, dataset, folder, Embeddings(vectors, vectors, labels, Plan("torch", "fp32")))
     del vectors
     scratch.unlink()
     print(json.dumps({"bench": "store_gallery", "rows": len(gallery.ids), "path": str(gallery.path),

@@ -285,28 +285,33 @@ def _model_device(model: FRPT) -> torch.device:
 
 def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, *,
                        root: str | os.PathLike | None = None, batch_size: int = 64, precision: str = "auto",
-                       engine: str | None = None, progress: bool = True, recompute: bool = False, device: str | torch.device | None = None,
-                       shard_size: int = SHARD_SIZE, on_shard: Callable[[int], None] | None = None) -> Gallery:
+                       engine: str | None = None, progress: bool = True, recompute: bool = False,
+                       device: str | torch.device | None = None, shard_size: int = SHARD_SIZE,
+                       on_shard: Callable[[int], None] | None = None, on_images: Callable[[int], None] | None = None,
+                       workers: int | None = None) -> Gallery:
     """Load the stored gallery embeddings, or compute them shard by shard (resuming a killed run) and store them.
 
     Images that cannot be decoded are skipped and listed (``Gallery.skipped`` and the manifest), never fatal.
     ``precision`` "auto" (the app's and ``frpt embed``'s): bf16 only where the CPU has it natively; ``engine``
     (None: ``$FRPT_ENGINE`` or auto) runs the frozen backbone (:mod:`frpt.engine`). A stored gallery is read
     whatever the engine asked for: it records its own, and queries follow it.
-    ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed (progress hooks, tests)."""
+    ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed, ``on_images(n)`` in this process after each
+    batch with the images done so far (progress hooks, tests). ``workers``: decoding processes
+    (:func:`frpt.evaluation.loader`; 0 reads every image in this process)."""
     path = gallery_file(card, dataset, root)
     main = distributed.is_main()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Rank 0 holds the lock for the whole run (the other ranks of a torchrun job follow its decisions below).
     with FileLock(str(path.with_name(f"{path.stem}.lock"))) if main else nullcontext():
         return _gallery_locked(model, card, dataset, path, batch_size=batch_size, precision=precision,
-                               engine=engine, progress=progress, recompute=recompute, device=device, shard_size=shard_size,
-                               on_shard=on_shard)
+                               engine=engine, progress=progress, recompute=recompute, device=device,
+                               shard_size=shard_size, on_shard=on_shard, on_images=on_images, workers=workers)
 
 
 def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset, path: Path, *, batch_size: int,
-                    precision: str, engine: str | None, progress: bool, recompute: bool, device: str | torch.device | None,
-                    shard_size: int, on_shard: Callable[[int], None] | None) -> Gallery:
+                    precision: str, engine: str | None, progress: bool, recompute: bool,
+                    device: str | torch.device | None, shard_size: int, on_shard: Callable[[int], None] | None,
+                    on_images: Callable[[int], None] | None, workers: int | None) -> Gallery:
     main = distributed.is_main()
     cached = None if recompute or not main else load_gallery(path)
     complete = cached is not None and len(cached.ids) + len(cached.skipped) == len(dataset)
@@ -332,13 +337,22 @@ def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset
     if done and pending and progress and main:
         tqdm.write(f"resuming: {len(done)} of {count} shards were embedded by an earlier run", file=sys.stderr)
     world, rank = distributed.world_size(), distributed.rank()
+    done_images = len(dataset) - sum(len(rows(k)) for k in pending)
+
+    def advance(n: int) -> None:
+        nonlocal done_images
+        done_images += n
+        bar.update(n)
+        if on_images is not None:
+            on_images(done_images)
+
     try:
         for start in range(0, len(pending), world):
             group = pending[start:start + world]  # one shard per process in this round
             mine = group[rank] if rank < len(group) else None
             result = None if mine is None else embed_readable(
                 model, dataset, rows(mine), batch_size=batch_size, device=device, precision=plan_.precision,
-                engine=plan_.engine, on_batch=lambda n, scale=len(group): bar.update(n * scale))
+                engine=plan_.engine, workers=workers, on_batch=lambda n, scale=len(group): advance(n * scale))
             results = distributed.gather_objects(result)
             if manifest is not None:
                 for k, res in zip(group, results):

@@ -114,3 +114,6 @@ def test_a_released_batch_larger_than_the_split_shrinks_to_it_and_says_so(tmp_pa
     card = load_card(tmp_path / "run")
     assert card["train"]["batch_size"] == 240 and card["global_batch_size"] == 240 and card["epoch"] == 1
     assert card["inference"]["precision"] == "fp32"
+    from frpt.ui.logic import card_summary  # the Checkpoints page says what computed the test figures
+
+    assert card_summary(card)["test figures computed on"] == f"{card['inference']['engine']} fp32"

@@ -71,8 +71,10 @@ def _test_split(root: Path) -> _Counting:
 
 
 def _embed(checkpoint: Path, dataset, root: Path, **kwargs):
+    """Images read in this process (workers=0), so ``_Counting`` sees every read."""
     model, card = load_checkpoint(checkpoint)
-    return gallery_embeddings(model, card, dataset, root=root, batch_size=2, progress=False, shard_size=SHARD, **kwargs)
+    return gallery_embeddings(model, card, dataset, root=root, batch_size=2, progress=False, shard_size=SHARD,
+                              workers=0, **kwargs)
 
 
 def test_a_corrupt_image_is_skipped_and_listed(folder, checkpoint):
@@ -107,9 +109,10 @@ def test_an_interrupted_run_resumes_after_its_finished_shards(folder, checkpoint
     def stop_after_first(k: int) -> None:
         raise _Stop
 
-    first = _test_split(folder)
+    first, seen = _test_split(folder), []
     with pytest.raises(_Stop):
-        _embed(checkpoint, first, folder, on_shard=stop_after_first)
+        _embed(checkpoint, first, folder, on_shard=stop_after_first, on_images=seen.append)
+    assert seen == [2]  # progress after each batch (of 2), in the calling process
     assert first.reads == SHARD  # one shard was embedded and committed
     path = gallery_file(load_checkpoint(checkpoint)[1], first, folder)
     parts = path.with_name(f"{path.stem}.parts")
@@ -123,9 +126,10 @@ def test_an_interrupted_run_resumes_after_its_finished_shards(folder, checkpoint
         committed.append(k)
         assert (parts / "shard-00000.npz").stat().st_mtime_ns == stamp  # never rewritten
 
-    resumed_data = _test_split(folder)
-    resumed = _embed(checkpoint, resumed_data, folder, on_shard=check)
+    resumed_data, seen = _test_split(folder), []
+    resumed = _embed(checkpoint, resumed_data, folder, on_shard=check, on_images=seen.append)
     assert committed == [1, 2, 3] and resumed_data.reads == len(resumed_data) - SHARD
+    assert seen == list(range(SHARD + 2, len(resumed_data) + 1, 2))  # counting from the shard already done
     assert resumed.skipped == [str(folder / "c" / "2.jpg")]
 
     fresh_data = _test_split(folder)
@@ -213,6 +217,7 @@ def test_cli_embed_maps_the_whole_split_only_while_it_is_small(folder, checkpoin
 def test_stored_embeddings_supersede_an_interrupted_run_and_must_match_the_split(folder, checkpoint):
     """store_gallery (training's final test evaluation): the gallery `frpt embed` then reads as is; rows that do
     not follow the split's order are refused before anything is written."""
+    from frpt.engine import Plan
     from frpt.evaluation import Embeddings
     from frpt.gallery import store_gallery
 
@@ -221,17 +226,19 @@ def test_stored_embeddings_supersede_an_interrupted_run_and_must_match_the_split
     n = len(data)
     labels = np.array([y for _, y in data.samples])
     rng = np.random.default_rng(0)
-    emb = Embeddings(rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32), labels)
+    emb = Embeddings(rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32), labels,
+                     Plan("onnxruntime", "fp32"))
     path = gallery_file(card, data, folder)
     with pytest.raises(ValueError, match="do not match"):
-        store_gallery(card, data, folder, Embeddings(emb.before, emb.after, labels[::-1]), "fp32")
+        store_gallery(card, data, folder, Embeddings(emb.before, emb.after, labels[::-1], emb.plan))
     assert not path.exists()
     parts = path.with_name(f"{path.stem}.parts")
     parts.mkdir(parents=True)  # left by a killed `frpt embed` run on these weights
     manifest_file(path).write_text("{}")
-    stored = store_gallery(card, data, folder, emb, "fp32")
+    stored = store_gallery(card, data, folder, emb)
     assert not parts.exists() and not manifest_file(path).exists()
-    assert stored.precision == "fp32" and stored.ids == [s for s, _ in data.samples]
+    assert (stored.engine, stored.precision) == ("onnxruntime", "fp32")  # the plan that computed them, as recorded
+    assert stored.ids == [s for s, _ in data.samples]
     np.testing.assert_array_equal(stored.embeddings.after, emb.after)
     again = gallery_embeddings(model, card, data, root=folder, progress=False)  # reads, embeds nothing
     assert data.reads == 0 and np.array_equal(again.embeddings.before, emb.before)

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -66,25 +66,6 @@ def dataset(name: str, root: str | None, split: str, input_size: int) -> Retriev
     return build_dataset(name, split, root=root, transform=build_transform(input_size, train=False))
 
 
-class _Progress(torch.utils.data.Dataset):
-    """Wraps a dataset to report how many items the embedding loop has read."""
-
-    def __init__(self, inner: RetrievalDataset, report: Callable[[int], None]):
-        self.inner, self.report, self.seen = inner, report, 0
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int):
-        self.seen += 1
-        if self.seen % 16 == 0 or self.seen == len(self.inner):
-            self.report(self.seen)
-        return self.inner[i]
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _stored_gallery(path: str, mtime: float) -> Gallery:
     found = load_gallery(Path(path))
@@ -106,8 +87,9 @@ def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
         started = time.perf_counter()
         text = lambda k: embedding_progress(k, len(ds), time.perf_counter() - started, ckpt, name, root)  # noqa: E731
         bar = st.progress(0.0, text=text(0))
-        wrapped = _Progress(ds, lambda k: bar.progress(k / len(ds), text=text(k)))
-        gallery_embeddings(net, card_, wrapped, root=root, progress=False)
+        # called in this (the page's) thread after each batch; images decode in a loader process beside the engine
+        gallery_embeddings(net, card_, ds, root=root, progress=False,
+                           on_images=lambda k: bar.progress(k / len(ds), text=text(k)))
         bar.empty()
     return _stored_gallery(str(path), path.stat().st_mtime)
 

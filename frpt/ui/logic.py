@@ -283,6 +283,9 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         out["saliency bound"] = f"{bound:g}" if bound else "none (as published)"
     if model.get("views", "orig") != "orig":
         out["views"] = model["views"].replace(",", " + ")
+    inference = card.get("inference") or {}
+    if inference:  # the engine and precision that computed the card's test figures (frpt.engine)
+        out["test figures computed on"] = f"{inference.get('engine')} {inference.get('precision')}"
     if report:
         out["learned parameters"] = f"{report['total']['learned']:,}"
         out["frozen parameters"] = f"{report['total']['frozen']:,}"

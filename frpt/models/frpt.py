@@ -100,13 +100,14 @@ class FRPT(nn.Module):
         if "orig" not in maps:
             maps["orig"] = self.backbone(self.normalize(images))
         prompt = self.prompt(images, maps["orig"], temperature, edit)
-        if edit is not None and edit.identity:
-            maps.setdefault("crop", maps["orig"])
-            if "flip" in maps:
-                maps.setdefault("crop-flip", maps["flip"])
         sources = {"flip": images.flip(-1), "crop": prompt.warped, "crop-flip": prompt.warped.flip(-1)}
+        same = {"crop": "orig", "crop-flip": "flip"} if edit is not None and edit.identity else {}
         for view in views:
-            if view not in maps:
+            if view not in maps and view in same:
+                if same[view] not in maps:
+                    maps[same[view]] = self.backbone(self.normalize(sources[same[view]]))
+                maps[view] = maps[same[view]]
+            elif view not in maps:
                 maps[view] = self.backbone(self.normalize(sources[view]))
         return {v: maps[v] for v in views}, prompt
 

@@ -5,7 +5,7 @@ import streamlit as st
 from frpt import sweep, viz
 from frpt import warp_gallery as wg
 from frpt.ui import cache, download_png, logic, pick_image, sidebar
-from frpt.ui.prompt_edit import change_text, prompt_editor, prompt_views, query_vectors, show_query
+from frpt.ui.prompt_edit import action_button, change_text, prompt_editor, prompt_views, query_vectors, show_query
 from frpt.whatif import what_if
 
 st.set_page_config(page_title="Prompt explorer · FRPT Studio", layout="wide")
@@ -31,15 +31,25 @@ edit = prompt_editor(words.kind)
 k = st.slider("Top K", 1, 12, 8, key="prompt.k")
 
 
-gallery = ctx.gallery()
-labels = gallery.embeddings.labels
-row = gallery.row_of(query.index) if query.index is not None else None
-result = what_if(query_vectors(ctx, query, gallery, edit), edit, gallery.embeddings.after, labels, k,
-                 label=query.label, exclude=row, norms=gallery.after_norms)
 learned_view, edited_view = prompt_views(ctx, query, None), prompt_views(ctx, query, edit)
-rows = (("Learned prompt", result.learned, learned_view.warped, None),
-        (f"Edited prompt: {edit.describe()}", result.edited, edited_view.warped, result),
-        ("No prompt (identity)", result.identity, learned_view.original, None))
+n_test = len(ctx.test_set())
+ranked = cache.gallery_stored(ctx.checkpoint, ctx.dataset, ctx.root) or n_test <= logic.AUTO_EMBED_MAX
+if not ranked:
+    st.info(f"Ranking needs the {n_test:,} test images embedded once (minutes on a CPU; stored beside the "
+            f"checkpoint). Before a demo: `{logic.embed_command(ctx.checkpoint, ctx.dataset, ctx.root)}`.")
+    if action_button("Embed the test gallery now", "prompt.embed", icon=":material/play_arrow:"):
+        ctx.gallery()  # with a progress bar; then the page runs again without this note
+        st.rerun()
+rows = ()
+if ranked:
+    gallery = ctx.gallery()
+    labels = gallery.embeddings.labels
+    row = gallery.row_of(query.index) if query.index is not None else None
+    result = what_if(query_vectors(ctx, query, gallery, edit), edit, gallery.embeddings.after, labels, k,
+                     label=query.label, exclude=row, norms=gallery.after_norms)
+    rows = (("Learned prompt", result.learned, learned_view.warped, None),
+            (f"Edited prompt: {edit.describe()}", result.edited, edited_view.warped, result),
+            ("No prompt (identity)", result.identity, learned_view.original, None))
 for title, outcome, picture, changes in rows:
     st.markdown(f"**{title}**")
     pic, numbers, strip = st.columns([1.1, 1.3, 7])
@@ -63,7 +73,7 @@ for title, outcome, picture, changes in rows:
             if outcome.hits is not None:
                 thumb = viz.frame(thumb, viz.HIT if outcome.hits[r] else viz.MISS)
             cols[r].image(thumb, width="stretch")
-            cols[r].caption(f"{r + 1}. {score:.3f}")
+            cols[r].caption(f"{r + 1}. #{int(gallery.indices[g_row])} · {score:.3f}")
 
 st.subheader("The edited prompt in detail")
 p = edited_view
@@ -91,8 +101,9 @@ curve = cache.prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)
 if curve is None:
     st.info("The sweep is not stored yet: it embeds every test image under each prompt setting (minutes on a CPU "
             f"for a large split). Before a demo: `{logic.sweep_command(ctx.checkpoint, ctx.dataset, ctx.root)}`.")
-    if st.button("Compute the sweep now", key="prompt.sweep.compute", icon=":material/play_arrow:"):
-        curve = cache.compute_prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)
+    if action_button("Compute the sweep now", "prompt.sweep.compute", icon=":material/play_arrow:"):
+        cache.compute_prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)  # with a progress bar
+        st.rerun()
 if curve is not None:
     figures = logic.sweep_figures(curve)
     for col, fig in zip(st.columns(len(figures)), figures.values()):

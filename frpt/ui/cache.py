@@ -112,6 +112,12 @@ def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
     return _stored_gallery(str(path), path.stat().st_mtime)
 
 
+def gallery_stored(ckpt: str, name: str, root: str | None) -> bool:
+    """Whether the test gallery is already stored beside the checkpoint (reading it costs nothing)."""
+    card_ = card(ckpt, stamp(ckpt))
+    return gallery_file(card_, dataset(name, root, "test", card_["input_size"]), root).is_file()
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _stored_map(path: str, mtime: float, n: int) -> GalleryMap:
     found = load_gallery_map(Path(path), n)

@@ -158,6 +158,9 @@ def embed_command(checkpoint: str, dataset: str, root: str | None = None) -> str
     return f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
 
 
+AUTO_EMBED_MAX = 1_000  # test splits up to this size are embedded on a page's first visit (seconds); larger on request
+
+
 def sweep_command(checkpoint: str, dataset: str, root: str | None = None) -> str:
     """The command that stores a checkpoint's prompt sweep (frpt.sweep) ahead of a demo."""
     return f"python -m frpt sweep --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")

@@ -109,3 +109,10 @@ def prompt_views(ctx: Context, query: Query, edit: PromptEdit | None):
 def change_text(value: float | int | None, spec: str, unit: str = " vs learned") -> str | None:
     """A signed change for a metric's delta ("+0.120 vs learned"), or None where there is none to show."""
     return None if value is None else f"{value:+{spec}}{unit}"
+
+
+def action_button(label: str, key: str, **kwargs) -> bool:
+    """A button whose click is kept in the session until read, so a rerun in between (the router's hand-over,
+    :func:`frpt.ui.state.through_router`) cannot swallow it, as it does a plain button's one-run value."""
+    st.button(label, key=key, on_click=st.session_state.__setitem__, args=(f"frpt.{key}.clicked", True), **kwargs)
+    return bool(st.session_state.pop(f"frpt.{key}.clicked", False))

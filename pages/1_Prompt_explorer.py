@@ -27,8 +27,7 @@ st.subheader("What if the prompt were different?")
 st.caption("Edit the learned prompt; the model embeds the query with the edited prompt and ranks the stored test "
            "gallery (embedded with the learned prompt). Green frame = same class as the query, red = another class. "
            "AP is over the full ranking (the query itself left out).")
-edit = prompt_editor(words.kind)
-k = st.slider("Top K", 1, 12, 8, key="prompt.k")
+edit, k = prompt_editor(words.kind)
 
 
 learned_view, edited_view = prompt_views(ctx, query, None), prompt_views(ctx, query, edit)
@@ -64,16 +63,16 @@ for title, outcome, picture, changes in rows:
                       None if changes is None else change_text(changes.rank_change("learned"), "d"),
                       delta_color="inverse")
             if changes is not None:
-                st.caption(f"Against no prompt: AP {change_text(changes.ap_change('identity'), '.3f', '')}, first "
-                           f"hit {change_text(changes.rank_change('identity'), 'd', ' ranks')}")
+                ap_none, rank_none = changes.ap_change("identity"), changes.rank_change("identity")
+                st.caption(f"Against no prompt: AP {ap_none:+.3f}"
+                           + (f", first hit {rank_none:+d} ranks" if rank_none is not None else ""))
     with strip:
         cols = st.columns(k)
         for r, (g_row, score) in enumerate(zip(outcome.rows, outcome.scores)):
             thumb = cache.thumbnail(ctx.dataset, ctx.root, "test", ctx.input_size, int(gallery.indices[g_row]))
             if outcome.hits is not None:
                 thumb = viz.frame(thumb, viz.HIT if outcome.hits[r] else viz.MISS)
-            cols[r].image(thumb, width="stretch")
-            cols[r].caption(f"{r + 1}. #{int(gallery.indices[g_row])} · {score:.3f}")
+            cols[r].image(thumb, caption=f"{r + 1}. #{int(gallery.indices[g_row])} · {score:.3f}", width="stretch")
 
 st.subheader("The edited prompt in detail")
 p = edited_view

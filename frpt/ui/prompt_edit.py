@@ -35,8 +35,8 @@ def show_query(index: int) -> None:
     st.session_state["frpt.prompt.index"] = index
 
 
-def prompt_editor(kind: str) -> PromptEdit:
-    """Draw the edit controls for a "crop" or "warp" prompt and return the edit they describe."""
+def prompt_editor(kind: str) -> tuple[PromptEdit, int]:
+    """Draw the edit controls for a "crop" or "warp" prompt; returns the edit they describe and the top K."""
     values = {key: persistent(key, default) for key, default in DEFAULTS.items()}
     strength, *rest = st.columns([3, 2, 2, 2] if kind == "crop" else [3, 2, 2, 2, 2], vertical_alignment="bottom")
     with strength:
@@ -71,9 +71,11 @@ def prompt_editor(kind: str) -> PromptEdit:
         edit = PromptEdit(temperature=values["prompt.temperature"],
                           focus=(float(values["prompt.focus_x"]), float(values["prompt.focus_y"])) if focus else None,
                           focus_width=float(values["prompt.focus_width"]))
-    st.button("Back to the learned prompt", key="prompt.reset", on_click=reset_prompt, disabled=edit.is_learned,
-              icon=":material/undo:")
-    return edit
+    reset, top = st.columns([1, 3], vertical_alignment="bottom")
+    reset.button("Back to the learned prompt", key="prompt.reset", on_click=reset_prompt, disabled=edit.is_learned,
+                 icon=":material/undo:", width="stretch")
+    k = top.slider("Top K", 1, 12, 8, key="prompt.k")
+    return edit, k
 
 
 def query_vectors(ctx: Context, query: Query, gallery: Gallery, edit: PromptEdit) -> dict[str, np.ndarray]:
@@ -107,8 +109,11 @@ def prompt_views(ctx: Context, query: Query, edit: PromptEdit | None):
 
 
 def change_text(value: float | int | None, spec: str, unit: str = " vs learned") -> str | None:
-    """A signed change for a metric's delta ("+0.120 vs learned"), or None where there is none to show."""
-    return None if value is None else f"{value:+{spec}}{unit}"
+    """A signed change for a metric's delta ("+0.120 vs learned"), or None where there is none or it rounds to
+    nothing (Streamlit would draw an arrow for +0)."""
+    if value is None or f"{abs(value):{spec}}" == f"{0:{spec}}":
+        return None
+    return f"{value:+{spec}}{unit}"
 
 
 def action_button(label: str, key: str, **kwargs) -> bool:

@@ -118,3 +118,29 @@ def test_the_sweep_is_computed_on_demand_and_drawn_with_the_classes_it_helps_and
     assert at.session_state["frpt.prompt.index"] == target
     at = at.run()  # stored now: read, not computed again
     assert len(at.get("plotly_chart")) == 2 and not any("not stored yet" in i.value for i in at.info)
+
+
+def test_a_warp_prompt_is_edited_by_a_focus_point(cub_root):
+    """A published-preset checkpoint (the DPP warp) on real CUB images: its controls are a focus point; moving it
+    changes the edited warp (and its focus score), and the split's 5,924 images are not embedded unasked."""
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.session_state["frpt.demo"] = at.session_state["w.demo"] = "cub/paper-frpt"
+    at.session_state["frpt.root.cub"] = at.session_state["w.root.cub"] = str(cub_root)
+    at = at.switch_page(PAGE).run()
+    assert not at.exception and not at.error
+    assert any("python -m frpt embed" in i.value for i in at.info)  # no stored gallery: offered, not computed
+    assert at.button(key="prompt.embed")
+
+    def focus() -> str:
+        return next(m.value for m in at.metric if m.label == "DPP focus score")
+
+    learned = focus()
+    assert at.slider(key="w.prompt.focus_x").disabled
+    at.toggle(key="w.prompt.focus_on").set_value(True).run()
+    at.slider(key="w.prompt.focus_x").set_value(0.05).run()
+    at.slider(key="w.prompt.focus_y").set_value(0.05).run()
+    assert not at.exception and not at.error
+    assert focus() != learned  # the warp now magnifies the top-left corner, away from the bird's box
+    at.button(key="prompt.reset").click().run()
+    assert focus() == learned and not at.toggle(key="w.prompt.focus_on").value

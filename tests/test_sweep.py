@@ -69,6 +69,17 @@ def test_learned_setting_reproduces_evaluate_and_edits_change_the_figures(model,
     assert (result.top1["learned"] != np.arange(len(test_set))).all()  # leave-one-out: never the query itself
 
 
+def test_the_warp_prompt_is_swept_by_temperature_and_its_learned_setting_reproduces_evaluate(test_set):
+    torch.manual_seed(0)
+    warp = build_model(model_config("paper", "frpt", num_classes=3, input_size=SIZE), RANDOM_WEIGHTS).eval()
+    torch.nn.init.normal_(warp.prompt.conv.weight, std=1e-2)
+    result = run_sweep(warp, test_set, sweep_settings("warp", [0.5]), batch_size=16, precision="fp32")
+    expected = evaluate(warp, test_set, batch_size=16, precision="fp32", progress=False)
+    assert result.prompt == "warp" and [s.setting for s in result.settings] == ["identity", "learned",
+                                                                                 "temperature=0.5"]
+    assert abs(result.get("learned").metrics["recall@1"] - expected["recall@1"]) < 1 / len(test_set)
+
+
 def _backbone_images(model, run) -> tuple[object, int]:
     """(run()'s result, how many images went through the frozen backbone meanwhile)."""
     seen = []

@@ -110,11 +110,6 @@ class SweepResult:
                 return s
         raise KeyError(name)
 
-    def class_recall(self, name: str) -> dict[int, float]:
-        """R@1 per class (label -> share of its queries whose nearest neighbour has its class) under ``name``."""
-        hit = self.labels[self.top1[name]] == self.labels
-        return {int(c): float(hit[self.labels == c].mean()) for c in np.unique(self.labels)}
-
 
 @contextlib.contextmanager
 def _inference(model: FRPT, device: torch.device) -> Iterator[None]:

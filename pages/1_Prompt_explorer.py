@@ -28,8 +28,6 @@ st.caption("Edit the learned prompt; the model embeds the query with the edited 
            "gallery (embedded with the learned prompt). Green frame = same class as the query, red = another class. "
            "AP is over the full ranking (the query itself left out).")
 edit, k = prompt_editor(words.kind)
-
-
 learned_view, edited_view = prompt_views(ctx, query, None), prompt_views(ctx, query, edit)
 n_test = len(ctx.test_set())
 ranked = cache.gallery_stored(ctx.checkpoint, ctx.dataset, ctx.root) or n_test <= logic.AUTO_EMBED_MAX
@@ -55,7 +53,8 @@ for title, outcome, picture, changes in rows:
     pic.image(picture, width="stretch")
     with numbers:
         if outcome.average_precision is None:
-            st.caption("An uploaded image has no class: no hits, AP or first hit.")
+            st.caption("An uploaded image has no class: no hits, AP or first hit." if query.label is None else
+                       "No other test image has this class: no hit to rank.")
         else:
             st.metric("AP", f"{outcome.average_precision:.3f}",
                       None if changes is None else change_text(changes.ap_change("learned"), ".3f"))

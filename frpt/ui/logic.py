@@ -406,8 +406,11 @@ def sweep_figures(result) -> dict[str, Any]:
                 fig.add_hline(y=identity.metrics[metric], line_dash="dash", line_color=color,
                               annotation_text=f"identity (no prompt): {name} {identity.metrics[metric]:.3f}",
                               annotation_position="bottom right")
+        ticks = [getattr(s, attr) for s in points]  # the swept values themselves (a log axis labels 0.3 as "3")
         fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=title,
-                          xaxis_type=axis_type, yaxis_title="test split", legend={"orientation": "h", "y": 1.12},
+                          xaxis={"type": axis_type, "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]},
+                          yaxis_title="test split",
+                          legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.14},
                           title={"text": "Prompt strength" if key == "strength" else "Crop box size", "y": 0.98})
         figures[key] = fig
     return figures

@@ -407,7 +407,9 @@ def sweep_figures(result) -> dict[str, Any]:
                               annotation_text=f"identity (no prompt): {name} {identity.metrics[metric]:.3f}",
                               annotation_position="bottom right")
         ticks = [getattr(s, attr) for s in points]  # the swept values themselves (a log axis labels 0.3 as "3")
-        fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=title,
+        # the toolbar stands on the right edge (as on the UMAP maps), so the legend beside the title stays readable
+        fig.update_layout(height=340, margin={"l": 10, "r": 40, "t": 40, "b": 10}, modebar={"orientation": "v"},
+                          xaxis_title=title,
                           xaxis={"type": axis_type, "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]},
                           yaxis_title="test split",
                           legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.14},

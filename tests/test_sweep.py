@@ -16,7 +16,7 @@ from frpt.demo import available_demos
 from frpt.errors import ConfigError
 from frpt.evaluation import evaluate
 from frpt.models import RANDOM_WEIGHTS, build_model
-from frpt.sweep import (SettingResult, SweepResult, class_effects, load_sweep, run_sweep, save_sweep, sweep_file,
+from frpt.sweep import (SettingResult, SweepResult, class_effects, load_sweep, run_sweep, save_sweep,
                         sweep_settings)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -144,3 +144,13 @@ def test_a_warp_prompt_is_edited_by_a_focus_point(cub_root):
     assert focus() != learned  # the warp now magnifies the top-left corner, away from the bird's box
     at.button(key="prompt.reset").click().run()
     assert focus() == learned and not at.toggle(key="w.prompt.focus_on").value
+
+
+def test_a_checkpoint_without_prompt_says_so_in_one_sentence():
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.session_state["frpt.demo"] = at.session_state["w.demo"] = "pt"
+    at = at.switch_page(PAGE).run()
+    assert not at.exception and not at.error
+    assert len(at.info) == 1 and "has no DPP" in at.info[0].value
+    assert not at.get("select_slider") and len(at.get("image")) == 1  # no editor, no ranking: only the image

@@ -263,6 +263,30 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """R@1 and MAP@R of the test split as the prompt's strength (and the crop's box scale) varies: one JSON line
+    per setting, then one naming the stored curve (frpt.sweep)."""
+    from .checkpoint import load_checkpoint
+    from .sweep import prompt_kind, run_sweep, save_sweep, sweep_file, sweep_settings
+
+    model, card = load_checkpoint(args.checkpoint, backbone_weights=args.backbone_weights, device=args.device)
+    kind = prompt_kind(model)
+    if kind is None:
+        raise ConfigError(f"This checkpoint ({card.get('variant')}) has no prompt to sweep; pass an FRPT or DPP+PT "
+                          "checkpoint.")
+    settings = sweep_settings(kind, args.temperatures, args.scales)  # bad values fail before any image is read
+    dataset = _dataset(args, "test", card["input_size"])
+    result = run_sweep(model, dataset, settings, batch_size=args.batch_size or 64, precision=args.precision,
+                       device=args.device, workers=args.workers, feature_cache=args.feature_cache,
+                       progress=not args.quiet)
+    path = save_sweep(sweep_file(card, dataset, args.root), result, card)
+    for setting in result.settings:
+        _emit(setting.line())
+    _emit({"curve": str(path), "settings": len(result.settings), "images": int(len(result.labels)),
+           "precision": result.precision, "seconds": round(result.seconds, 1)})
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
@@ -342,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True)
     p.add_argument("--k", type=int, default=10)
     p.set_defaults(func=cmd_retrieve)
+
+    p = sub.add_parser("sweep", help="R@1 / MAP@R of the test split as the prompt's strength varies")
+    _add_data_args(p); _add_runtime_args(p)  # noqa: E702
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backbone-weights")
+    p.add_argument("--temperatures", type=float, nargs="+",
+                   help="saliency temperatures besides the learned 1.0 and the identity (default 0.25 0.5 0.75 1.5 "
+                        "2 4; below 1 a stronger zoom)")
+    p.add_argument("--scales", type=float, nargs="+",
+                   help="crop prompt: the learned box's size times these (default 0.6 0.8 1.25 1.6)")
+    p.add_argument("--feature-cache", help="crop prompt: the compact preset's feature cache folder (frpt train "
+                                           "--feature-cache); its test maps are reused and completed")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser state, for sharing")
     p.add_argument("--checkpoint", required=True)

@@ -175,3 +175,64 @@ def test_retrieval_result_picker_follows_a_new_query(server, browser):
     assert after[0] != before[0], "Random never changed the query"
     score = re.search(r"^1\. ([0-9.]+) ·", after[1]).group(1)  # the first thumbnail: "1. 0.873 · class"
     assert f"(cosine {score})" in after[2], (after, before)
+
+
+def test_prompt_explorer_edit_changes_the_ranking_and_back_restores_it(server, browser):
+    """Issue 21 in a real browser: moving the crop's box-size slider re-embeds the query with the edited prompt and
+    changes the shown ranking and AP; "Back to the learned prompt" restores the learned prompt's."""
+    import re
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    rank = re.compile(r"^\d+\. #(\d+) · ")
+
+    def shown() -> tuple[list[str], list[str]]:
+        values = [m.text for m in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]')
+                  if m.text.startswith("AP")]
+        ranks = [c.text for c in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stImageCaption"]')
+                 if rank.match(c.text)]
+        return values, ranks
+
+    def edited(state: tuple[list[str], list[str]]) -> tuple[str, list[str]]:
+        values, ranks = state
+        k = len(ranks) // 3
+        return values[1].splitlines()[1], ranks[k:2 * k]  # the second row is the edited prompt's
+
+    def settled(text: str, timeout: float = 240) -> None:
+        """Until the page shows ``text`` and has no stale element left from the run before (a rerun greys the old
+        ones out until it redraws them), then until it is stable."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            body = browser.find_element(By.TAG_NAME, "body").text
+            if text in body and not browser.find_elements(By.CSS_SELECTOR, '[data-stale="true"]'):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the page never showed {text!r}")
+        _wait_rendered(browser, "stImage", 3 * 9 + 5)
+
+    browser.get(f"{server}/Prompt_explorer")
+    settled("Edited prompt: learned")
+    before = shown()
+    assert len(before[0]) == 3 and len(before[1]) == 3 * 8
+    # the slider's keyboard handle: a visually hidden range input inside its thumb (react-aria)
+    thumb = browser.find_element(By.CSS_SELECTOR, 'input[type="range"][aria-label^="Box size"]')
+    assert thumb.get_attribute("aria-valuetext") == "1.0"
+    thumb.send_keys(Keys.LEFT, Keys.LEFT, Keys.LEFT, Keys.LEFT, Keys.LEFT)  # 1.0 -> 0.5
+    settled("Edited prompt: scale=0.5")
+    after = shown()
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENS / "prompt_explorer_edited.png"))
+    assert thumb.get_attribute("aria-valuetext") == "0.5"
+    assert edited(after) != edited(before)
+    assert edited(after)[0] != edited(before)[0] and edited(after)[1] != edited(before)[1]  # AP and ranking
+    next(b for b in browser.find_elements(By.CSS_SELECTOR, "button")
+         if b.text.strip().endswith("Back to the learned prompt")).click()
+    settled("Edited prompt: learned")
+    assert shown() == before
+    # the split-level half of the page (the sweep, stored or offered, and where the prompt helps and hurts)
+    heading = next(h for h in browser.find_elements(By.CSS_SELECTOR, "h3") if h.text.startswith("Over the test split"))
+    browser.execute_script("arguments[0].scrollIntoView();", heading)
+    time.sleep(1)
+    browser.save_screenshot(str(SCREENS / "prompt_explorer_split.png"))

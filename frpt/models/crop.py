@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edit import MIN_HALF, PromptEdit
 from .prompt import PromptOutput
 
 
@@ -60,11 +61,19 @@ class CropPrompt(nn.Module):
         mx, my, _, _ = self._moments(saliency)
         return torch.stack([mx, my], dim=1)
 
-    def box(self, saliency: torch.Tensor) -> torch.Tensor:
-        """(N, 4): centre x, centre y, half-width, half-height, in fractions of the image side."""
+    def box(self, saliency: torch.Tensor, edit: PromptEdit | None = None) -> torch.Tensor:
+        """(N, 4): centre x, centre y, half-width, half-height, in fractions of the image side. ``edit`` (a what-if)
+        scales the half-sides and moves the centre before the box is kept inside the image; its identity is the
+        whole image."""
+        if edit is not None and edit.identity:
+            return saliency.new_full((saliency.shape[0], 4), 0.5)
         mx, my, sx, sy = self._moments(saliency)
         half_x = (self.std_scale * sx * (1 + self.margin)).clamp(self.min_half, self.max_half)
         half_y = (self.std_scale * sy * (1 + self.margin)).clamp(self.min_half, self.max_half)
+        if edit is not None and edit.scale != 1.0:  # past the learned clamps: the what-if may zoom further
+            half_x, half_y = (half_x * edit.scale).clamp(MIN_HALF, 0.5), (half_y * edit.scale).clamp(MIN_HALF, 0.5)
+        if edit is not None and edit.shift != (0.0, 0.0):
+            mx, my = mx + edit.shift[0], my + edit.shift[1]
         # torch.clamp with tensor bounds keeps the gradient to the centre while the box is inside the image.
         cx = torch.minimum(torch.maximum(mx, half_x), 1 - half_x)
         cy = torch.minimum(torch.maximum(my, half_y), 1 - half_y)
@@ -79,9 +88,11 @@ class CropPrompt(nn.Module):
         theta[:, 1, 1], theta[:, 1, 2] = 2 * half_y, 2 * cy - 1
         return F.affine_grid(theta, [box.shape[0], 1, *size], align_corners=False)
 
-    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> PromptOutput:
-        saliency = self.saliency(features, temperature)
-        grid = self.grid(self.box(saliency), image.shape[-2:])
+    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0,
+                edit: PromptEdit | None = None) -> PromptOutput:
+        """``edit`` (a what-if, :class:`PromptEdit`) brings its own temperature in place of ``temperature``."""
+        saliency = self.saliency(features, edit.temperature if edit is not None else temperature)
+        grid = self.grid(self.box(saliency, edit), image.shape[-2:])
         warped = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border",
                                align_corners=False)
         return PromptOutput(warped=warped, saliency=saliency, grid=grid)

@@ -11,6 +11,7 @@ from torch import nn
 from ..config import ModelConfig
 from .backbone import Backbone
 from .crop import CropPrompt
+from .edit import PromptEdit
 from .head import CategoryAwarenessHead, EmbeddingHead
 from .prompt import DiscriminativePerturbationPrompt, PromptOutput
 
@@ -66,33 +67,47 @@ class FRPT(nn.Module):
             return self.backbone(self.normalize(images))
         return self.backbone.stage_features(self.normalize(images), self.config.saliency_stride)
 
-    def run_prompt(self, images: torch.Tensor, temperature: float = 1.0) -> PromptOutput | None:
-        """The DPP alone: saliency from the frozen backbone's own features, then the warp (Eqs. 1-6)."""
+    def run_prompt(self, images: torch.Tensor, temperature: float = 1.0, edit: PromptEdit | None = None
+                   ) -> PromptOutput | None:
+        """The DPP alone: saliency from the frozen backbone's own features, then the warp (Eqs. 1-6). ``edit``: a
+        what-if change of the learned prompt (:class:`PromptEdit`, with its own temperature)."""
         if self.prompt is None:
             return None
-        return self.prompt(images, self.prompt_features(images), temperature)
+        return self.prompt(images, self.prompt_features(images), temperature, edit)
 
-    def view_maps(self, images: torch.Tensor, temperature: float = 1.0
+    def view_maps(self, images: torch.Tensor, temperature: float = 1.0, edit: PromptEdit | None = None,
+                  known: dict[str, torch.Tensor] | None = None
                   ) -> tuple[dict[str, torch.Tensor], PromptOutput | None]:
         """Final frozen maps of each view in ``config.view_list``. With the warp prompt the single view is the
         warped image (the paper's path); the crop prompt reuses the original's map for its saliency. The views
         are an inference-time ensemble: in training mode only the image the prompt produces is embedded (random
-        flips come from the training transform)."""
+        flips come from the training transform).
+
+        ``known``: crop prompt only, maps of these same images already computed (cached "orig"/"flip" maps, which
+        no prompt edit changes), used instead of running the backbone again. An identity edit's crop is the whole
+        image, so its crop views are the original's maps."""
         views = self.config.view_list
         if self.training:
             views = ("crop",) if isinstance(self.prompt, CropPrompt) else ("orig",)
         if not isinstance(self.prompt, CropPrompt):
-            prompt = self.run_prompt(images, temperature)
+            prompt = self.run_prompt(images, temperature, edit)
             source = prompt.warped if prompt is not None else images
             maps = {"orig": self.backbone(self.normalize(source))}
             if "flip" in views:
                 maps["flip"] = self.backbone(self.normalize(source.flip(-1)))
             return maps, prompt
-        maps = {"orig": self.backbone(self.normalize(images))}
-        prompt = self.prompt(images, maps["orig"], temperature)
+        maps = dict(known or {})
+        if "orig" not in maps:
+            maps["orig"] = self.backbone(self.normalize(images))
+        prompt = self.prompt(images, maps["orig"], temperature, edit)
         sources = {"flip": images.flip(-1), "crop": prompt.warped, "crop-flip": prompt.warped.flip(-1)}
+        same = {"crop": "orig", "crop-flip": "flip"} if edit is not None and edit.identity else {}
         for view in views:
-            if view not in maps:
+            if view not in maps and view in same:
+                if same[view] not in maps:
+                    maps[same[view]] = self.backbone(self.normalize(sources[same[view]]))
+                maps[view] = maps[same[view]]
+            elif view not in maps:
                 maps[view] = self.backbone(self.normalize(sources[view]))
         return {v: maps[v] for v in views}, prompt
 
@@ -111,8 +126,9 @@ class FRPT(nn.Module):
         mean = lambda xs: torch.stack([F.normalize(x.float(), dim=1) for x in xs]).mean(0)  # noqa: E731
         return mean(embeddings), mean(pooled), (torch.stack(logits).mean(0) if logits[0] is not None else None)
 
-    def forward(self, images: torch.Tensor, temperature: float = 1.0) -> FRPTOutput:
-        maps, prompt = self.view_maps(images, temperature)
+    def forward(self, images: torch.Tensor, temperature: float = 1.0, edit: PromptEdit | None = None,
+                known: dict[str, torch.Tensor] | None = None) -> FRPTOutput:
+        maps, prompt = self.view_maps(images, temperature, edit, known)
         embedding, pre_head, logits = self.embed_maps(maps)
         return FRPTOutput(embedding=embedding, pre_head=pre_head, logits=logits, prompt=prompt)
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edit import PromptEdit, focus_saliency
 from .sampler import SaliencySampler
 
 
@@ -68,7 +69,7 @@ class DiscriminativePerturbationPrompt(nn.Module):
         self.grid_size = grid_size
 
     def saliency(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """A (Eq. 2): softmax over the g x g grid. ``temperature`` < 1 sharpens it (display control only)."""
+        """A (Eq. 2): softmax over the g x g grid. ``temperature`` < 1 sharpens it (a stronger zoom)."""
         x = F.relu(features) if self.relu else features
         logits = self.conv(x)
         if logits.shape[-1] != self.grid_size or logits.shape[-2] != self.grid_size:
@@ -79,7 +80,16 @@ class DiscriminativePerturbationPrompt(nn.Module):
         n = logits.shape[0]
         return F.softmax(logits.view(n, -1) / temperature, dim=1).view(n, 1, self.grid_size, self.grid_size)
 
-    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0) -> PromptOutput:
-        saliency = self.saliency(features, temperature)
+    def forward(self, image: torch.Tensor, features: torch.Tensor, temperature: float = 1.0,
+                edit: PromptEdit | None = None) -> PromptOutput:
+        """``edit`` (a what-if, :class:`PromptEdit`) brings its own temperature; its identity is uniform saliency
+        (exactly the identity warp), its focus point a Gaussian saliency there, through the same sampler."""
+        n = image.shape[0]
+        if edit is not None and edit.identity:
+            saliency = image.new_full((n, 1, self.grid_size, self.grid_size), 1.0 / self.grid_size ** 2).float()
+        elif edit is not None and edit.focus is not None:
+            saliency = focus_saliency(edit, n, self.grid_size, image.device)
+        else:
+            saliency = self.saliency(features, edit.temperature if edit is not None else temperature)
         warped, grid = self.sampler(image, saliency)
         return PromptOutput(warped=warped, saliency=saliency, grid=grid)

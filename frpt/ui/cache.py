@@ -94,6 +94,12 @@ def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
     return _stored_gallery(str(path), path.stat().st_mtime)
 
 
+def gallery_stored(ckpt: str, name: str, root: str | None) -> bool:
+    """Whether the test gallery is already stored beside the checkpoint (reading it costs nothing)."""
+    card_ = card(ckpt, stamp(ckpt))
+    return gallery_file(card_, dataset(name, root, "test", card_["input_size"]), root).is_file()
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _stored_map(path: str, mtime: float, n: int) -> GalleryMap:
     found = load_gallery_map(Path(path), n)
@@ -131,9 +137,12 @@ def thumbnail(name: str, root: str | None, split: str, input_size: int, index: i
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def prompt_panels(ckpt: str, card_stamp: float, name: str, root: str | None, index: int, temperature: float):
-    """The prompt explorer's pictures for test image ``index`` (a few ms per image; cached per session choice)."""
+def prompt_panels(ckpt: str, card_stamp: float, name: str, root: str | None, index: int, temperature: float,
+                  edit: tuple | None = None):
+    """The prompt explorer's pictures for test image ``index`` (a few ms per image; cached per session choice).
+    ``edit``: the fields of a :class:`frpt.models.PromptEdit` (a tuple, so the cache key is plain values)."""
     from ..data import transform_box
+    from ..models import PromptEdit
     from .logic import prompt_panels as compute
 
     net, card_ = model(ckpt, card_stamp)
@@ -141,7 +150,62 @@ def prompt_panels(ckpt: str, card_stamp: float, name: str, root: str | None, ind
     box = ds.box(index)
     if box is not None:
         box = transform_box(box, ds.load_image(index).size, card_["input_size"])
-    return compute(net, ds[index][0], box, temperature)
+    return compute(net, ds[index][0], box, temperature, edit=None if edit is None else PromptEdit(*edit))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def edited_embedding(ckpt: str, card_stamp: float, name: str, root: str | None, index: int, edit: tuple,
+                     precision: str) -> np.ndarray:
+    """Test image ``index`` embedded under a prompt edit (``edit``: a :class:`frpt.models.PromptEdit`'s fields), at
+    the gallery's ``precision``: one query's forward pass, cached so that going back to an edit is instant."""
+    from ..models import PromptEdit
+    from ..whatif import embed_edited
+
+    net, card_ = model(ckpt, card_stamp)
+    image = dataset(name, root, "test", card_["input_size"])[index][0]
+    return embed_edited(net, image[None], PromptEdit(*edit), precision=precision)[0]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _stored_sweep(path: str, mtime: float, card_stamp: float, ckpt: str):
+    from ..sweep import load_sweep
+
+    return load_sweep(Path(path), card(ckpt, card_stamp))
+
+
+def prompt_sweep(ckpt: str, name: str, root: str | None):
+    """The stored prompt sweep (:mod:`frpt.sweep`) of the checkpoint on the test split, or None."""
+    from ..sweep import sweep_file
+
+    card_ = card(ckpt, stamp(ckpt))
+    path = sweep_file(card_, dataset(name, root, "test", card_["input_size"]), root)
+    if not path.is_file():
+        return None
+    return _stored_sweep(str(path), path.stat().st_mtime, stamp(ckpt), ckpt)
+
+
+def compute_prompt_sweep(ckpt: str, name: str, root: str | None):
+    """Run the prompt sweep over the test split with a progress bar and store it beside the gallery (what
+    ``python -m frpt sweep`` does); returns the stored result."""
+    from ..sweep import prompt_kind, run_sweep, save_sweep, sweep_file, sweep_settings
+
+    net, card_ = model(ckpt, stamp(ckpt))
+    ds = dataset(name, root, "test", card_["input_size"])
+    settings = sweep_settings(prompt_kind(net))
+    started = time.perf_counter()
+
+    def text(done: int, total: int) -> str:
+        out = f"Sweeping {len(settings)} prompt settings over the test split: {done}/{total} images"
+        if 0 < done < total:
+            left = (total - done) * (time.perf_counter() - started) / done
+            out += f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+        return out
+
+    bar = st.progress(0.0, text=text(0, len(ds)))
+    result = run_sweep(net, ds, settings, on_progress=lambda d, t: bar.progress(d / t, text=text(d, t)))
+    bar.empty()
+    save_sweep(sweep_file(card_, ds, root), result, card_)
+    return prompt_sweep(ckpt, name, root)
 
 
 def attribution_images(net: FRPT, image: torch.Tensor, method: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import torch
 from .. import viz
 from ..config import DPP_VARIANTS, ModelConfig, from_dict
 from ..index import cosine_scores
-from ..models import FRPT, focus_score, identity_grid, sampling_density
+from ..models import FRPT, PromptEdit, focus_score, identity_grid, sampling_density
 from ..models.crop import CropPrompt
 
 
@@ -34,12 +34,12 @@ class PromptPanels:
 
 @torch.no_grad()
 def prompt_panels(model: FRPT, image: torch.Tensor, box: tuple[float, float, float, float] | None = None,
-                  temperature: float = 1.0, bins: int = 32) -> PromptPanels:
+                  temperature: float = 1.0, bins: int = 32, edit: PromptEdit | None = None) -> PromptPanels:
     """Run the DPP (``model.run_prompt``) on one image (3, S, S) in [0, 1]; ``box`` is (x, y, w, h) in its
-    pixels. ``temperature`` rescales the saliency softmax for display only (< 1 sharpens)."""
+    pixels. ``temperature`` rescales the saliency (< 1 sharpens); ``edit``, a what-if prompt, replaces it."""
     original = viz.to_uint8(image)
     boxed = viz.draw_box(original, box) if box is not None and box[2] > 0 and box[3] > 0 else original
-    prompt = model.run_prompt(image[None], temperature)
+    prompt = model.run_prompt(image[None], temperature, edit)
     if prompt is None:
         return PromptPanels(boxed, None, None, None, None)
     size = image.shape[-1]
@@ -156,6 +156,14 @@ def embedding_progress(done: int, total: int, elapsed_s: float, checkpoint: str,
 def embed_command(checkpoint: str, dataset: str, root: str | None = None) -> str:
     """The command that stores a checkpoint's test gallery and maps ahead of a demo."""
     return f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
+
+
+AUTO_EMBED_MAX = 1_000  # test splits up to this size are embedded on a page's first visit (seconds); larger on request
+
+
+def sweep_command(checkpoint: str, dataset: str, root: str | None = None) -> str:
+    """The command that stores a checkpoint's prompt sweep (frpt.sweep) ahead of a demo."""
+    return f"python -m frpt sweep --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
 
 
 def gallery_status(stored: bool, images: int, checkpoint: str, dataset: str, root: str | None = None) -> str:
@@ -367,5 +375,51 @@ def compact_figures(card: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+# ---------------------------------------------------------------- prompt sweep
+SWEEP_METRICS = (("recall@1", "R@1", "rgb(31, 119, 180)"), ("map@r", "MAP@R", "rgb(255, 127, 14)"))
+
+
+def sweep_figures(result) -> dict[str, Any]:
+    """The prompt sweep (:class:`frpt.sweep.SweepResult`) as plotly figures: "strength", R@1 and MAP@R of the test
+    split against the saliency temperature (log axis, stronger zoom to the left), and for the crop prompt "box",
+    against the box scale. The learned setting is a star; the identity (no prompt, temperature -> infinity) is a
+    dashed line per metric, since it has no place on the axis."""
+    import plotly.graph_objects as go
+
+    identity = next((s for s in result.settings if s.setting == "identity"), None)
+    axes = {"strength": ("saliency temperature (log; < 1: stronger zoom)", "temperature", "log",
+                         [s for s in result.settings if s.temperature is not None and s.scale == 1.0])}
+    if result.prompt == "crop":
+        axes["box"] = ("box scale (x the learned box's size)", "scale", "linear",
+                       [s for s in result.settings if s.temperature == 1.0])
+    figures = {}
+    for key, (title, attr, axis_type, points) in axes.items():
+        points = sorted(points, key=lambda s: getattr(s, attr))
+        fig = go.Figure()
+        for metric, name, color in SWEEP_METRICS:
+            fig.add_scatter(x=[getattr(s, attr) for s in points], y=[s.metrics[metric] for s in points], name=name,
+                            mode="lines+markers", line={"color": color}, text=[s.setting for s in points],
+                            hovertemplate=f"%{{text}}<br>{name} %{{y:.3f}}<extra></extra>")
+            learned = [s for s in points if s.setting == "learned"]
+            fig.add_scatter(x=[getattr(s, attr) for s in learned], y=[s.metrics[metric] for s in learned],
+                            mode="markers+text", marker={"symbol": "star", "size": 16, "color": color,
+                                                          "line": {"width": 1, "color": "black"}},
+                            text=["learned"], textposition="top center", showlegend=False, hoverinfo="skip")
+            if identity is not None:
+                fig.add_hline(y=identity.metrics[metric], line_dash="dash", line_color=color,
+                              annotation_text=f"identity (no prompt): {name} {identity.metrics[metric]:.3f}",
+                              annotation_position="bottom right")
+        ticks = [getattr(s, attr) for s in points]  # the swept values themselves (a log axis labels 0.3 as "3")
+        # the toolbar stands on the right edge (as on the UMAP maps), so the legend beside the title stays readable
+        fig.update_layout(height=340, margin={"l": 10, "r": 40, "t": 40, "b": 10}, modebar={"orientation": "v"},
+                          xaxis_title=title,
+                          xaxis={"type": axis_type, "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]},
+                          yaxis_title="test split",
+                          legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.14},
+                          title={"text": "Prompt strength" if key == "strength" else "Crop box size", "y": 0.98})
+        figures[key] = fig
+    return figures
+
+
 __all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
-           "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures"]
+           "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures", "sweep_figures"]

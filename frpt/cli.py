@@ -277,13 +277,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = sweep_settings(kind, args.temperatures, args.scales)  # bad values fail before any image is read
     dataset = _dataset(args, "test", card["input_size"])
     result = run_sweep(model, dataset, settings, batch_size=args.batch_size or 64, precision=args.precision,
-                       device=args.device, workers=args.workers, feature_cache=args.feature_cache,
-                       progress=not args.quiet)
+                       engine=args.engine, device=args.device, workers=args.workers,
+                       feature_cache=args.feature_cache, progress=not args.quiet)
     path = save_sweep(sweep_file(card, dataset, args.root), result, card)
     for setting in result.settings:
         _emit(setting.line())
     _emit({"curve": str(path), "settings": len(result.settings), "images": int(len(result.labels)),
-           "precision": result.precision, "seconds": round(result.seconds, 1)})
+           "engine": result.engine, "precision": result.precision, "seconds": round(result.seconds, 1)})
     return 0
 
 
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop prompt: the learned box's size times these (default 0.6 0.8 1.25 1.6)")
     p.add_argument("--feature-cache", help="crop prompt: the compact preset's feature cache folder (frpt train "
                                            "--feature-cache); its test maps are reused and completed")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: one)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser state, for sharing")

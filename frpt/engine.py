@@ -320,15 +320,23 @@ def inference(model: FRPT, plan_: Plan, device: torch.device | str = "cpu") -> I
             model.to(memory_format=torch.contiguous_format).train(was_training)
 
 
-def forward_images(model: FRPT, images: torch.Tensor, plan_: Plan, device: torch.device | str = "cpu"):
-    """One batch through ``model`` inside :func:`inference`: images on ``device`` (channels-last), the torch-side
-    parts under the plan's autocast. Returns the model's :class:`~frpt.models.frpt.FRPTOutput`."""
+def forward_images(model: FRPT, images: torch.Tensor, plan_: Plan, device: torch.device | str = "cpu", **kwargs):
+    """One batch through ``model`` inside :func:`inference`: images on ``device``; on the torch engine
+    channels-last under the plan's autocast, on a compiled one the prompt and head in fp32 (the runtime takes NCHW
+    arrays as they are). ``kwargs`` go to the model's forward (a prompt edit, known maps). Returns the model's
+    :class:`~frpt.models.frpt.FRPTOutput`."""
     device = torch.device(device)
     images = images.to(device)
     if plan_.engine == "torch":
         with autocast(device, plan_.precision):
-            return model(images.contiguous(memory_format=torch.channels_last))
-    return model(images)  # the prompt and head in fp32 (a compiled runtime takes NCHW arrays as they are)
+            return model(images.contiguous(memory_format=torch.channels_last), **kwargs)
+    return model(images, **kwargs)
+
+
+def backbone_maps(model: FRPT, images: torch.Tensor, plan_: Plan) -> torch.Tensor:
+    """The frozen backbone's final map of ``images`` in [0, 1] inside :func:`inference` (on its engine)."""
+    with autocast(images.device, plan_.precision if plan_.engine == "torch" else "fp32"):
+        return model.backbone(model.normalize(images))
 
 
 __all__ = ["ENGINES", "PRECISIONS", "Plan", "plan", "inference", "forward_images", "native_bf16",

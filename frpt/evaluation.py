@@ -47,14 +47,14 @@ def _forward(model: FRPT, images: torch.Tensor, plan_: Plan, device: torch.devic
 
 
 def embed_images(model: FRPT, images: torch.Tensor, *, precision: str = "auto", engine: str | None = None,
-                 device: str | torch.device | None = None) -> np.ndarray:
+                 device: str | torch.device | None = None, **forward: object) -> np.ndarray:
     """Retrieval embeddings (N, D) of a batch of query images (N, 3, S, S) in [0, 1], computed exactly as a
     gallery's (:func:`frpt.gallery.gallery_embeddings`, same ``engine`` and ``precision``), so a query matches its
-    own gallery row at cosine ~1 whatever the CPU."""
+    own gallery row at cosine ~1 whatever the CPU. ``forward``: passed to the model (a prompt edit, known maps)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     plan_ = plan(engine, precision, device, model)
     with inference(model, plan_, device):
-        return _forward(model, images, plan_, device)[1].numpy()
+        return forward_images(model, images, plan_, device, **forward).embedding.float().cpu().numpy()
 
 
 def _extract(model: FRPT, dataset: Dataset, batch_size: int, device: torch.device, plan_: Plan, workers: int,

@@ -16,23 +16,22 @@ query's nearest neighbour, from which :func:`class_effects` finds the classes th
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data.base import RetrievalDataset
 from .errors import ConfigError
-from .evaluation import autocast, resolve_precision
+from .engine import Plan, backbone_maps, forward_images, inference, plan
+from .evaluation import loader as batches
 from .fileio import atomic_write_text
 from .metrics import map_at_r, neighbours, recall_at_k
 from .models import FRPT, PromptEdit
@@ -103,6 +102,7 @@ class SweepResult:
     precision: str = "fp32"
     seconds: float = 0.0
     path: Path | None = None
+    engine: str = "torch"  # the inference engine of the frozen backbone's passes (frpt.engine)
 
     def get(self, name: str) -> SettingResult:
         for s in self.settings:
@@ -111,32 +111,21 @@ class SweepResult:
         raise KeyError(name)
 
 
-@contextlib.contextmanager
-def _inference(model: FRPT, device: torch.device) -> Iterator[None]:
-    """Eval mode, channels-last on ``device`` (as :mod:`frpt.evaluation` embeds a gallery), restored after."""
-    was_training = model.training
-    model.eval().to(device=device, memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.to(memory_format=torch.contiguous_format).train(was_training)
-
-
 def _scores(embeddings: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
     return {**recall_at_k(embeddings, labels), "map@r": map_at_r(embeddings, labels)}
 
 
 def run_sweep(model: FRPT, dataset: RetrievalDataset, settings: Sequence[Setting], *, batch_size: int = 64,
-              precision: str = "auto", device: str | torch.device | None = None, workers: int = 0,
-              feature_cache: str | os.PathLike | None = None, progress: bool = False,
+              precision: str = "auto", engine: str | None = None, device: str | torch.device | None = None,
+              workers: int | None = None, feature_cache: str | os.PathLike | None = None, progress: bool = False,
               on_progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """Embed ``dataset`` (the test split, items ``(image, label, index)``) under every setting and score each.
 
     ``feature_cache`` (crop prompt only): the compact preset's cache folder (``frpt train --feature-cache``); the
     test maps of the checkpoint's views are read from it (and computed into it where missing), so the original,
     flipped and learned crop views cost nothing on a second run. ``on_progress(images done, images)`` after each
-    batch (the app's progress bar). An image that cannot be read is an error, as in ``frpt evaluate``."""
+    batch (the app's progress bar). An image that cannot be read is an error, as in ``frpt evaluate``. The frozen
+    backbone's passes run on ``engine`` (:mod:`frpt.engine`), as ``frpt evaluate``'s do."""
     kind = prompt_kind(model)
     if kind is None:
         raise ConfigError(f"This checkpoint ({model.config.variant}) has no prompt to sweep; pass an FRPT or "
@@ -151,20 +140,19 @@ def run_sweep(model: FRPT, dataset: RetrievalDataset, settings: Sequence[Setting
         from .feature_cache import cache_split
 
         cached = cache_split(model, dataset, model.config.view_list, feature_cache, "test", batch_size=batch_size,
-                             workers=workers, precision=precision, progress=progress)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+                             workers=workers, precision=precision, engine=engine, progress=progress)
+    plan_ = plan(engine, precision, device, model)
     embeddings: dict[str, list[torch.Tensor]] = {s.name: [] for s in settings}
     labels: list[torch.Tensor] = []
     bar = tqdm(total=len(dataset), unit="img", disable=not progress, desc=f"sweep ({len(settings)} settings)")
     done = 0
-    with _inference(model, device):
-        for images, targets, index in loader:
-            images = images.to(device).contiguous(memory_format=torch.channels_last)
-            base, learned = _known_maps(model, images, index, cached, device, precision) if kind == "crop" else ({}, {})
+    with inference(model, plan_, device):
+        for images, targets, index in batches(dataset, batch_size, workers):
+            images = images.to(device)
+            base, learned = _known_maps(model, images, index, cached, device, plan_) if kind == "crop" else ({}, {})
             for s in settings:
                 known = (learned if s.name == "learned" and learned else base) or None
-                with autocast(device, precision):
-                    out = model(images, edit=s.edit, known=known)
+                out = forward_images(model, images, plan_, device, edit=s.edit, known=known)
                 embeddings[s.name].append(out.embedding.float().cpu())
             labels.append(torch.as_tensor(targets))
             done += len(images)
@@ -180,22 +168,20 @@ def run_sweep(model: FRPT, dataset: RetrievalDataset, settings: Sequence[Setting
                                      _scores(emb, label_np)))
         if s.name in PER_QUERY:
             top1[s.name] = neighbours(emb, 1)[1][:, 0].numpy()
-    return SweepResult(kind, results, label_np, top1, resolve_precision(precision, device),
-                       time.perf_counter() - started)
+    return SweepResult(kind, results, label_np, top1, plan_.precision, time.perf_counter() - started,
+                       engine=plan_.engine)
 
 
 def _known_maps(model: FRPT, images: torch.Tensor, index: torch.Tensor, cached, device: torch.device,
-                precision: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                plan_: Plan) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(maps no edit changes: "orig", "flip"; the learned setting's every view, where cached) for one batch."""
     if cached is not None:
         rows = index.numpy()
         read = {v: torch.from_numpy(np.asarray(m[rows], dtype=np.float32)).to(device) for v, m in cached.maps.items()}
         return {v: read[v] for v in ("orig", "flip") if v in read}, read
-    with autocast(device, precision):
-        x = model.normalize(images)
-        base = {"orig": model.backbone(x)}
-        if "flip" in model.config.view_list:
-            base["flip"] = model.backbone(x.flip(-1))
+    base = {"orig": backbone_maps(model, images, plan_)}
+    if "flip" in model.config.view_list:
+        base["flip"] = backbone_maps(model, images.flip(-1), plan_)
     return base, {}
 
 
@@ -214,7 +200,8 @@ def save_sweep(path: Path, result: SweepResult, card: dict[str, Any]) -> Path:
     """Write the curve atomically (JSON); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "version": VERSION, "weights_sha256": card.get("files", {}).get("weights_sha256"),
-            "prompt": result.prompt, "precision": result.precision, "seconds": round(result.seconds, 1),
+            "prompt": result.prompt, "engine": result.engine, "precision": result.precision,
+            "seconds": round(result.seconds, 1),
             "images": int(len(result.labels)), "settings": [s.line() for s in result.settings],
             "labels": result.labels.tolist(), "top1": {k: v.tolist() for k, v in result.top1.items()}}
     atomic_write_text(path, json.dumps(data) + "\n")
@@ -241,7 +228,7 @@ def load_sweep(path: Path, card: dict[str, Any] | None = None) -> SweepResult | 
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing or damaged: the page offers to compute it again
     return SweepResult(data["prompt"], settings, labels, top1, data.get("precision", "fp32"),
-                       data.get("seconds", 0.0), Path(path))
+                       data.get("seconds", 0.0), Path(path), data.get("engine", "torch"))
 
 
 # ---------------------------------------------------------------- where the prompt helps and hurts

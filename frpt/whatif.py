@@ -2,7 +2,7 @@
 no prompt at all (issue 21).
 
 The gallery stays as stored (every test image embedded with the learned prompt, :mod:`frpt.gallery`); only the
-query is re-embedded, with :func:`frpt.evaluation.embed_images` at the gallery's precision, so an edit costs one
+query is re-embedded with :func:`frpt.evaluation.embed_images`, on the gallery's engine and precision: an edit costs one
 query's forward pass and one pass over the gallery's vectors. The edit itself is a :class:`frpt.models.PromptEdit`
 (strength, box, focus point) that the model applies at inference; nothing is trained.
 """
@@ -12,36 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from .evaluation import embed_images
 from .index import cosine_scores
-from .models import FRPT, FRPTOutput, PromptEdit
+from .models import FRPT, PromptEdit
 
 IDENTITY = PromptEdit(identity=True)
 
 
-class EditedModel(nn.Module):
-    """``model`` with its prompt edited, for code that calls ``model(images)`` (:func:`embed_images`, the sweep).
-    It holds the shared model, never copies or changes its weights, and reports the model's own train/eval mode
-    so that code restoring "the mode it found" restores the model's."""
-
-    def __init__(self, model: FRPT, edit: PromptEdit, known: dict[str, torch.Tensor] | None = None):
-        super().__init__()
-        self.model, self.edit, self.known = model, edit, known
-        self.train(model.training)
-
-    def forward(self, images: torch.Tensor) -> FRPTOutput:
-        return self.model(images, edit=self.edit, known=self.known)
-
-
 def embed_edited(model: FRPT, images: torch.Tensor, edit: PromptEdit | None, *, precision: str = "auto",
-                 known: dict[str, torch.Tensor] | None = None) -> np.ndarray:
+                 engine: str | None = None, known: dict[str, torch.Tensor] | None = None) -> np.ndarray:
     """Retrieval embeddings (N, D) of ``images`` (N, 3, S, S) in [0, 1] under ``edit`` (None or the default edit:
-    the learned prompt), computed as a gallery's are (same ``precision``)."""
+    the learned prompt), computed as a gallery's are (same ``engine`` and ``precision``)."""
     if (edit is None or edit.is_learned) and known is None:
-        return embed_images(model, images, precision=precision)
-    return embed_images(EditedModel(model, edit or PromptEdit(), known), images, precision=precision)
+        return embed_images(model, images, precision=precision, engine=engine)
+    return embed_images(model, images, precision=precision, engine=engine, edit=edit or PromptEdit(), known=known)
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from frpt.demo import available_demos
+from frpt.demo import available_demos, bundled_cub_checkpoints
 
 PAGE = "pages/1_Prompt_explorer.py"
 pytestmark = pytest.mark.skipif("frpt" not in available_demos(), reason="demo checkpoints missing")
@@ -120,7 +121,21 @@ def test_the_sweep_is_computed_on_demand_and_drawn_with_the_classes_it_helps_and
     assert len(at.get("plotly_chart")) == 2 and not any("not stored yet" in i.value for i in at.info)
 
 
-def test_a_warp_prompt_is_edited_by_a_focus_point(cub_root):
+@pytest.fixture
+def paper_without_gallery():
+    """cub/paper-frpt as shipped, without a gallery an earlier test stored beside it (test_app.py's Retrieval test
+    embeds the split); put back afterwards."""
+    folder = bundled_cub_checkpoints()["cub/paper-frpt"] / "gallery"
+    aside = folder.with_name("gallery.aside")
+    if folder.exists():
+        folder.rename(aside)
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+    if aside.exists():
+        aside.rename(folder)
+
+
+def test_a_warp_prompt_is_edited_by_a_focus_point(cub_root, paper_without_gallery):
     """A published-preset checkpoint (the DPP warp) on real CUB images: its controls are a focus point; moving it
     changes the edited warp (and its focus score), and the split's 5,924 images are not embedded unasked."""
     at = AppTest.from_file("../app.py", default_timeout=300)

@@ -91,17 +91,21 @@ def _backbone_images(model, run) -> tuple[object, int]:
 
 
 def test_feature_cache_is_written_then_reused_with_the_same_figures(model, test_set, tmp_path):
+    """Backbone passes are counted on the torch engine (a hook on the torch backbone; a compiled engine runs the
+    same passes elsewhere, tests/test_engine.py)."""
     settings = sweep_settings("crop", [0.5], [])  # identity, learned, temperature=0.5
     n = len(test_set)
     live, live_passes = _backbone_images(model, lambda: run_sweep(model, test_set, settings, batch_size=16,
-                                                                  precision="fp32"))
+                                                                  precision="fp32", engine="torch"))
     # original + flip once per image, then two crop views for each setting but the identity (its crop is the image)
     assert live_passes == 2 * n + 2 * 2 * n
-    cold = run_sweep(model, test_set, settings, batch_size=16, precision="fp32", feature_cache=tmp_path)
+    cold = run_sweep(model, test_set, settings, batch_size=16, precision="fp32", engine="torch",
+                     feature_cache=tmp_path)
     chunks = {p.parent.name.split("-")[0] for p in (tmp_path / "test").glob("*/chunk-000000.npy")}
     assert chunks == {"orig", "flip", "crop"}  # crop-<prompt digest> and crop-flip-<prompt digest>
     warm, warm_passes = _backbone_images(model, lambda: run_sweep(model, test_set, settings, batch_size=16,
-                                                                  precision="fp32", feature_cache=tmp_path))
+                                                                  precision="fp32", engine="torch",
+                                                                  feature_cache=tmp_path))
     assert warm_passes == 2 * n  # only temperature=0.5's crops: the rest is read from the cache
     for name in ("identity", "learned", "temperature=0.5"):
         assert abs(cold.get(name).metrics["recall@1"] - live.get(name).metrics["recall@1"]) <= 1 / n  # fp16 maps

@@ -155,15 +155,16 @@ def prompt_panels(ckpt: str, card_stamp: float, name: str, root: str | None, ind
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def edited_embedding(ckpt: str, card_stamp: float, name: str, root: str | None, index: int, edit: tuple,
-                     precision: str) -> np.ndarray:
-    """Test image ``index`` embedded under a prompt edit (``edit``: a :class:`frpt.models.PromptEdit`'s fields), at
-    the gallery's ``precision``: one query's forward pass, cached so that going back to an edit is instant."""
+                     precision: str, engine: str | None = None) -> np.ndarray:
+    """Test image ``index`` embedded under a prompt edit (``edit``: a :class:`frpt.models.PromptEdit`'s fields),
+    with the gallery's ``engine`` and ``precision``: one query's forward pass, cached so that going back to an edit
+    is instant."""
     from ..models import PromptEdit
     from ..whatif import embed_edited
 
     net, card_ = model(ckpt, card_stamp)
     image = dataset(name, root, "test", card_["input_size"])[index][0]
-    return embed_edited(net, image[None], PromptEdit(*edit), precision=precision)[0]
+    return embed_edited(net, image[None], PromptEdit(*edit), precision=precision, engine=engine)[0]
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

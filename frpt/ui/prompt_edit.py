@@ -80,17 +80,17 @@ def prompt_editor(kind: str) -> tuple[PromptEdit, int]:
 
 def query_vectors(ctx: Context, query: Query, gallery: Gallery, edit: PromptEdit) -> dict[str, np.ndarray]:
     """The query's retrieval embedding under the learned prompt ("learned"), the edit ("edited") and no prompt
-    ("identity"), at the gallery's precision. A test image's learned embedding is its stored gallery row, and an
+    ("identity"), with the gallery's engine and precision. A test image's learned embedding is its stored gallery row, and an
     edit equal to the learned prompt reuses it, so going back to the learned prompt shows exactly its ranking."""
-    precision = gallery.precision or "auto"
+    precision, engine = gallery.precision or "auto", gallery.engine  # as the gallery was embedded
     row = gallery.row_of(query.index) if query.index is not None else None
     if query.index is not None:
         def embed(e: PromptEdit) -> np.ndarray:
             return cache.edited_embedding(ctx.checkpoint, cache.stamp(ctx.checkpoint), ctx.dataset, ctx.root,
-                                          query.index, astuple(e), precision)
+                                          query.index, astuple(e), precision, engine)
     else:  # an upload: embedded on every run (one image, a fraction of a second)
         def embed(e: PromptEdit) -> np.ndarray:
-            return embed_edited(ctx.model, query.image[None], e, precision=precision)[0]
+            return embed_edited(ctx.model, query.image[None], e, precision=precision, engine=engine)[0]
     learned = np.asarray(gallery.embeddings.after[row]) if row is not None else embed(LEARNED)
     identity = embed(IDENTITY)
     edited = learned if edit.is_learned else identity if edit == IDENTITY else embed(edit)

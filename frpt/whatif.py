@@ -87,4 +87,4 @@ def what_if(vectors: dict[str, np.ndarray], edit: PromptEdit, gallery: np.ndarra
     return WhatIf(edit, rank["learned"], rank["edited"], rank["identity"])
 
 
-__all__ = ["IDENTITY", "EditedModel", "embed_edited", "Outcome", "rank_query", "WhatIf", "what_if"]
+__all__ = ["IDENTITY", "embed_edited", "Outcome", "rank_query", "WhatIf", "what_if"]

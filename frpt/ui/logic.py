@@ -12,7 +12,7 @@ import torch
 
 from .. import viz
 from ..config import DPP_VARIANTS, ModelConfig, from_dict
-from ..index import cosine_scores
+from ..whatif import rank_query
 from ..models import FRPT, PromptEdit, focus_score, identity_grid, sampling_density
 from ..models.crop import CropPrompt
 
@@ -102,21 +102,13 @@ def rank_gallery(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, k: 
 
     AP is over the full ranking: the mean of precision@i at the rank of every same-class image.
     """
-    sims = cosine_scores(query, gallery, norms)
-    order = np.argsort(-sims, kind="stable")
-    if exclude is not None:
-        order = order[order != exclude]
-    top = order[:k]
+    outcome = rank_query(query, gallery, labels, k, query_label, exclude, norms)  # the library's ranking
     if query_label is None:
-        return Ranking(top, sims[top], None, None, {})
-    relevant = np.asarray(labels)[order] == query_label
-    hits = relevant[:k]
-    ap = None
-    if relevant.any():
-        ranks = np.flatnonzero(relevant) + 1
-        ap = float(np.mean(np.arange(1, len(ranks) + 1) / ranks))
-    recall = {kk: float(relevant[:kk].any()) for kk in (1, 2, 4, 8) if kk <= len(order)}
-    return Ranking(top, sims[top], hits, ap, recall)
+        return Ranking(outcome.rows, outcome.scores, None, None, {})
+    ranked = len(gallery) - (exclude is not None and 0 <= exclude < len(gallery))
+    first = outcome.first_hit
+    recall = {kk: float(first is not None and first <= kk) for kk in (1, 2, 4, 8) if kk <= ranked}
+    return Ranking(outcome.rows, outcome.scores, outcome.hits, outcome.average_precision, recall)
 
 
 def ranking_csv(ranking: Ranking, ids: list[str], labels: np.ndarray, classes: list[str]) -> str:

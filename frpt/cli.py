@@ -86,6 +86,8 @@ def _build_untrained(args: argparse.Namespace, preset: str, variant: str, num_cl
     from .models import build_model
 
     overrides = {"saliency_bound": args.saliency_bound} if getattr(args, "saliency_bound", None) is not None else {}
+    if getattr(args, "whitening", False):
+        overrides["whitening"] = True
     model = build_model(model_config(preset, variant, backbone=args.backbone, num_classes=num_classes, **overrides),
                         args.backbone_weights)
     model.config = replace(model.config, input_size=args.input_size or model.backbone.default_input_size)
@@ -333,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-supervision", choices=("labels", "boxes"),
                    help="compact preset: train the crop from class labels (default) or, a named departure, from the "
                         "training images' boxes (datasets with boxes: cub, synthetic)")
+    p.add_argument("--whitening", action="store_true",
+                   help="compact preset: whiten the embedding by the training classes' within-class covariance, "
+                        "a named departure (bench/RESULTS.md, \"Compact head sweep\")")
     p.add_argument("--no-umap", action="store_true",
                    help="skip the UMAP maps of the stored test gallery (the app then fits them on first visit)")
     p.set_defaults(func=cmd_train)

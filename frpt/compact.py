@@ -13,6 +13,10 @@ view (:mod:`frpt.feature_cache`) and every epoch after that costs seconds. The r
 5. Head (CAH + GeM + BNNeck + classifier; variants with CAH or BNNeck): trained on every cached view, one epoch
    per pass over them, the epoch chosen by validation R@1 of the multi-view embedding; then retrained on all
    training classes for that many epochs.
+6. Whitening (opt-in, ``ModelConfig.whitening``, a departure from Eq. 9): the within-class covariance of the
+   head's pooled vectors (every view of the fit images) whitens the embedding; its shrinkage is chosen on the
+   validation classes (or none kept, if no shrinkage beats the unwhitened embedding there), then it is refitted
+   on every training class with the trained head.
 
 Each stage is deterministic given the seed, and the expensive part (the cache) resumes chunk by chunk, so
 ``--resume`` after a kill redoes at most a chunk of backbone passes plus the stage's seconds-long epochs.
@@ -265,10 +269,22 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
         best = max(chosen, key=lambda r: (r.get("recall@1", 0.0), -r["epoch"])) if len(val) else chosen[-1]
         report["head_validation"] = chosen
         report["head_epochs"] = best["epoch"]
+    whitening = model.head.whitening
+    if whitening is not None and len(val):
+        report["whitening_validation"] = choose_whitening(model, train_maps, fit, val)
+    if head_trainable and cfg.epochs > 0:
         if len(val):  # retrain on every training class for the chosen number of epochs
             _reset_head(model, cfg.seed)
             all_images = np.arange(len(train_maps.labels))
             report["head_final"] = train_head(model, train_maps, all_images, cfg, best["epoch"], progress=progress)
+    if whitening is not None:
+        shrink = report.get("whitening_validation", {}).get("shrink", WHITENING_SHRINKS[len(WHITENING_SHRINKS) // 2])
+        whitening.reset()
+        if shrink is not None:
+            all_images = np.arange(len(train_maps.labels))
+            x, y = _head_vectors(model, train_maps.maps, all_images, train_maps.labels)
+            whitening.fit(x, y, shrink)
+        report["whitening_shrink"] = shrink
     # Seconds of this run, and how many of them went into computing training-split maps that were not cached yet
     # (a row that reuses another row's --feature-cache skips those: add them back for a cold-start cost).
     report["train_seconds"] = round(time.perf_counter() - started, 1)
@@ -285,6 +301,49 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
                     extra={"compact": report, **inference_record(test_emb)})
     store_test_gallery(out_dir, test_set, dataset_info, test_emb)  # at the plan that computed the cached maps
     return load_card(out_dir)
+
+
+# Shrinkage grid for the within-class whitening (0: the raw covariance, 1: centring and a uniform scale only).
+WHITENING_SHRINKS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@torch.no_grad()
+def _head_vectors(model: FRPT, maps: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray,
+                  batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's pre-whitening vectors (CAH, then pooling) of every view of images ``index``, stacked view by
+    view, and their labels: what the whitening is fitted to."""
+    was_training = model.training
+    model.eval()
+    device = model.pixel_mean.device
+    out = []
+    try:
+        for m in maps.values():
+            for start in range(0, len(index), batch_size):
+                x = torch.from_numpy(np.asarray(m[index[start:start + batch_size]], dtype=np.float32)).to(device)
+                out.append(model.head.features(model.cah(x) if model.cah is not None else x).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out), torch.as_tensor(np.tile(labels[index], len(maps)))
+
+
+def choose_whitening(model: FRPT, cached: CachedSplit, fit: np.ndarray, val: np.ndarray,
+                     shrinks: tuple[float, ...] = WHITENING_SHRINKS) -> dict[str, Any]:
+    """Fit the model's whitening on the fit images for each shrinkage and score the validation classes; returns
+    the scores and the chosen ``shrink`` (None: the unwhitened embedding was as good, the whitening stays the
+    identity). The criterion is R@1 + MAP@R: R@1 of 20 held-out classes sits near 92 % on CUB, where one image
+    moves it by 0.08 points, while MAP@R ranks every image of the class."""
+    whitening = model.head.whitening
+    whitening.reset()
+    labels = cached.labels[val]
+    scores = {"none": _score(embed_cached(model, cached.maps, val), labels)}
+    x, y = _head_vectors(model, cached.maps, fit, cached.labels)
+    for shrink in shrinks:
+        whitening.fit(x, y, shrink)
+        scores[str(shrink)] = _score(embed_cached(model, cached.maps, val), labels)
+    whitening.reset()
+    criterion = lambda k: scores[k]["recall@1"] + scores[k]["map@r"]  # noqa: E731
+    best = max(scores, key=lambda k: (criterion(k), k == "none"))  # a tie keeps the identity
+    return {"scores": scores, "shrink": None if best == "none" else float(best)}
 
 
 def _reset_head(model: FRPT, seed: int) -> None:

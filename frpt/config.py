@@ -36,6 +36,9 @@ COMPACT_DEPARTURES: dict[str, str] = {
     "loss": "cross-entropy with label smoothing 0.1",
     "boxes": "opt-in only (--prompt-supervision boxes): the crop's centre is regressed onto the training images' "
              "ground-truth boxes instead of being learned from class labels; no shipped checkpoint uses it",
+    "whitening": "opt-in only (--whitening): after CAH and GeM, the embedding is whitened by the training classes' "
+                 "within-class covariance (closed form, its shrinkage chosen on the validation classes), a step "
+                 "Eq. 9 and the paper's embedding do not have",
 }
 PROMPT_SUPERVISION = ("labels", "boxes")
 
@@ -79,6 +82,9 @@ class ModelConfig:
     pooling: str = "avg"
     bnneck: bool = False
     classifier_bias: bool = True
+    # Ours (compact only, opt-in): whiten the embedding by the training classes' within-class covariance
+    # (frpt.models.head.WithinClassWhitening), fitted in closed form after the head.
+    whitening: bool = False
 
     @property
     def use_dpp(self) -> bool:
@@ -173,6 +179,9 @@ def model_config(preset: str = "paper", variant: str = "frpt", **overrides: Any)
         raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     if variant not in VARIANTS:
         raise ConfigError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    if overrides.get("whitening") and (preset != "compact" or variant in ("finetune", "pt")):
+        raise ConfigError("--whitening is fitted by the compact preset's training on cached maps; use it with "
+                          "--preset compact and a variant other than finetune or pt.")
     return ModelConfig(preset=preset, variant=variant, **{**_PRESET_MODEL[preset], **overrides})
 
 

@@ -56,7 +56,8 @@ class FRPT(nn.Module):
         # PT pools the frozen map the way its preset does (GAP for paper, GeM for official and compact), so a
         # row's gain over PT counts only what training adds.
         self.head = EmbeddingHead(c, config.num_classes if config.trainable else 0, config.pooling,
-                                  config.bnneck and config.trainable, config.classifier_bias)
+                                  config.bnneck and config.trainable, config.classifier_bias,
+                                  config.whitening and config.trainable)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.pixel_mean) / self.pixel_std

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -69,16 +70,60 @@ def build_pooling(name: str) -> nn.Module:
     return {"avg": AveragePooling, "gem": GeneralizedMeanPooling}[name]()
 
 
+class WithinClassWhitening(nn.Module):
+    """Ours, not in the paper (compact preset's ``whitening`` option): e = S^(-1/2) (x / |x| - mu).
+
+    mu and S are the mean and the within-class covariance of the L2-normalised pooled vectors of the training
+    classes, S's eigenvalues shrunk toward their mean (S_a = (1 - a) S + a mean(eig S) I) so that directions the
+    training classes barely vary in are not blown up. Directions along which images of one species differ (pose,
+    background, light) are damped, and a cosine kNN then weighs what tells species apart; unlike a classifier it
+    has no class-specific weights to overfit, so it carries to unseen classes (the within-class whitening of
+    Radenovic et al., TPAMI 2019, at full rank). Stored as buffers, fitted in closed form by :meth:`fit`; before
+    that it is the identity on normalised vectors, so the cosine ranking is the unwhitened one.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("matrix", torch.eye(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(x.float(), dim=1) - self.mean) @ self.matrix
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, labels: torch.Tensor, shrink: float) -> None:
+        """Fit mu and S^(-1/2) to vectors ``x`` (N, C) of classes ``labels`` (N,), shrinkage ``shrink`` in (0, 1]."""
+        if not 0 < shrink <= 1:
+            raise ValueError(f"shrink must be in (0, 1], got {shrink}")
+        x = F.normalize(x.double(), dim=1)
+        labels = torch.as_tensor(labels)
+        centred = x.clone()
+        for c in labels.unique():
+            rows = labels == c
+            centred[rows] -= x[rows].mean(0)
+        within = centred.T @ centred / len(x)
+        vals, vecs = torch.linalg.eigh(within)
+        vals = vals.clamp(min=0)
+        vals = (1 - shrink) * vals + shrink * vals.mean()
+        self.mean.copy_(x.mean(0).to(self.mean))
+        self.matrix.copy_((vecs @ torch.diag(vals.rsqrt()) @ vecs.T).to(self.matrix))
+
+    def reset(self) -> None:
+        self.mean.zero_()
+        self.matrix.copy_(torch.eye(len(self.mean)))
+
+
 class EmbeddingHead(nn.Module):
-    """Pool -> (BNNeck) -> embedding -> classifier.
+    """Pool -> (BNNeck) -> (whitening) -> embedding; the classifier reads the vector before the whitening.
 
     paper: GAP and a linear classifier with bias; the embedding is the pooled vector (Sec. 3.4).
     official: GeM + BNNeck (BatchNorm1d, bias frozen at 0, fast-reid ``NECK_FEAT: after``) and a bias-free
     classifier on the post-neck vector, which is also the retrieval embedding.
+    compact with ``whitening``: the retrieval embedding is :class:`WithinClassWhitening` of the pooled vector.
     """
 
     def __init__(self, channels: int, num_classes: int, pooling: str = "avg", bnneck: bool = False,
-                 classifier_bias: bool = True):
+                 classifier_bias: bool = True, whitening: bool = False):
         super().__init__()
         self.pool = build_pooling(pooling)
         self.neck = None
@@ -89,14 +134,20 @@ class EmbeddingHead(nn.Module):
         self.classifier = nn.Linear(channels, num_classes, bias=classifier_bias) if num_classes > 0 else None
         if self.classifier is not None and not classifier_bias:
             nn.init.normal_(self.classifier.weight, std=0.01)
+        self.whitening = WithinClassWhitening(channels) if whitening else None
 
-    def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+    def features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The pooled (and BNNeck'd) vector: what the classifier reads and the whitening is fitted to."""
         pooled = self.pool(feature_map)
         return self.neck(pooled) if self.neck is not None else pooled
 
+    def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        vector = self.features(feature_map)
+        return self.whitening(vector) if self.whitening is not None else vector
+
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embedding = self.embed(feature_map)
-        logits = self.classifier(embedding) if self.classifier is not None else None
-        return embedding, logits
+        vector = self.features(feature_map)
+        logits = self.classifier(vector) if self.classifier is not None else None
+        return (self.whitening(vector) if self.whitening is not None else vector), logits
 
 

@@ -43,24 +43,32 @@ def median_ms(times: list[float]) -> float:
     return round(statistics.median(times) * 1000, 3)
 
 
+def _interleaved_steps(models: dict, inputs: dict, cfg, batch: int, size: int, warm: int, steps: int
+                       ) -> dict[str, list[float]]:
+    """Seconds of each timed training step per model (``inputs[k]`` lays out the shared batch for model k),
+    the models' steps interleaved so that load from other processes hits all alike."""
+    opts = {k: build_optimizer(m, cfg) for k, m in models.items()}
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 100, (batch,))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(warm + steps):
+        for k, m in models.items():
+            t = time.perf_counter()
+            loss = cross_entropy(m(inputs[k](x)).logits, y, cfg.label_smoothing)
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[k].step()
+            if i >= warm:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
 def bench_train(backbone: str, preset: str, batch: int, size: int, warm: int, steps: int) -> None:
     torch.manual_seed(0)
     cfg = train_config(preset)
     models = {v: build_model(model_config(preset, v, backbone=backbone, num_classes=100, input_size=size)).train()
               for v in ("frpt", "finetune")}
-    opts = {v: build_optimizer(m, cfg) for v, m in models.items()}
-    x = torch.rand(batch, 3, size, size)
-    y = torch.randint(0, 100, (batch,))
-    times: dict[str, list[float]] = {v: [] for v in models}
-    for i in range(warm + steps):
-        for v, m in models.items():  # interleaved
-            t = time.perf_counter()
-            loss = cross_entropy(m(x).logits, y, cfg.label_smoothing)
-            opts[v].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[v].step()
-            if i >= warm:
-                times[v].append(time.perf_counter() - t)
+    times = _interleaved_steps(models, {v: (lambda x: x) for v in models}, cfg, batch, size, warm, steps)
     f, ft = statistics.median(times["frpt"]), statistics.median(times["finetune"])
     emit(bench="train_step", preset=preset, backbone=backbone, batch=batch, input_size=size, steps=steps,
          frpt_ms=median_ms(times["frpt"]), finetune_ms=median_ms(times["finetune"]), ratio_frpt_over_finetune=round(f / ft, 3),
@@ -73,19 +81,8 @@ def bench_train_memory_format(backbone: str, preset: str, batch: int, size: int,
     layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     models = {k: build_model(model_config(preset, "frpt", backbone=backbone, num_classes=100, input_size=size))
               .to(memory_format=f).train() for k, f in layouts.items()}
-    opts = {k: build_optimizer(m, cfg) for k, m in models.items()}
-    x = torch.rand(batch, 3, size, size)
-    y = torch.randint(0, 100, (batch,))
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for i in range(warm + steps):
-        for k, m in models.items():  # interleaved
-            t = time.perf_counter()
-            loss = cross_entropy(m(x.contiguous(memory_format=layouts[k])).logits, y, cfg.label_smoothing)
-            opts[k].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[k].step()
-            if i >= warm:
-                times[k].append(time.perf_counter() - t)
+    inputs = {k: (lambda x, f=f: x.contiguous(memory_format=f)) for k, f in layouts.items()}
+    times = _interleaved_steps(models, inputs, cfg, batch, size, warm, steps)
     c, cl = statistics.median(times["contiguous"]), statistics.median(times["channels_last"])
     emit(bench="train_memory_format", preset=preset, backbone=backbone, batch=batch, input_size=size, steps=steps,
          contiguous_ms=median_ms(times["contiguous"]), channels_last_ms=median_ms(times["channels_last"]),

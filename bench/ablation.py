@@ -75,6 +75,8 @@ PROFILES: dict[str, dict] = {
 # Compact rows in the order that fills the shared cache best (pt: original + flip maps; dpp+pt: the prompt and
 # its crops), then the rest; finetune trains the whole backbone on images and cannot use the cache.
 COMPACT_ORDER = ("pt", "dpp+pt", "frpt", "pt+cah", "no-in", "finetune")
+# --whitening (the compact preset's opt-in departure from Eq. 9, frpt/compact.py) applies to rows with a head.
+WHITENING_VARIANTS = ("frpt", "pt+cah", "no-in")
 
 
 def git_commit() -> str:
@@ -235,27 +237,48 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
 def compact_row(args: argparse.Namespace, variant: str) -> dict:
     """One row of the compact preset: ``frpt train --preset compact`` (its final evaluation is on the test split,
     from the same cache) with a feature cache shared by all rows."""
-    folder = Path(args.out) / "compact" / variant
+    size = compact_size(args)
+    base = Path(args.out) / compact_folder(args.backbone, size)
+    whiten = args.whitening and variant in WHITENING_VARIANTS
+    folder = base / (f"{variant}-whitening" if whiten else variant)
     ckpt = folder / "checkpoint"
     cmd = frpt_cmd("train", "--preset", "compact", "--variant", variant, "--backbone", args.backbone,
-                   *data_args(args.root, 224, args.threads, args.workers), "--out", str(ckpt), "--seed", str(args.seed),
-                   "--feature-cache", str(Path(args.out) / "compact" / "features"))
+                   *data_args(args.root, size, args.threads, args.workers), "--out", str(ckpt), "--seed", str(args.seed),
+                   "--feature-cache", str(base / "features"))
+    if whiten:
+        cmd += ["--whitening"]
     if variant == "finetune":  # the same wall-clock budget as the FRPT row (bench/RESULTS.md says how it was set)
         cmd += ["--epochs", str(args.finetune_epochs), "--lr", "0.01", "--batch-size", "32", "--optimizer", "sgd"]
     got = run_train(cmd, folder, ckpt)
     card = json.loads((ckpt / "card.json").read_text())
     report = card.get("compact", {})
-    rec = record(args, "compact", variant, card["metrics"], 224, epochs=int(card["epoch"]),
+    rec = record(args, "compact", variant, card["metrics"], size, epochs=int(card["epoch"]),
                  train_seconds=got["train_seconds"], learned=learned_params("compact", variant, args.backbone),
                  command=got["command"], eval_command="(final evaluation inside the train command)",
                  eval_seconds=None)
     rec["profile"] = "compact"
+    if whiten:
+        rec["whitening"] = True
     rec["train_cpu_seconds"] = got.get("train_cpu_seconds")
     rec["checkpoint"] = str(ckpt)
-    for key in ("train_cache_seconds", "prompt_kept", "prompt_validation_recall@1", "head_epochs", "val_classes"):
+    for key in ("whitening_shrink", "train_cache_seconds", "prompt_kept", "prompt_validation_recall@1", "head_epochs", "val_classes"):
         if key in report:
             rec[key] = report[key]
     return rec
+
+
+def compact_size(args: argparse.Namespace) -> int:
+    """The compact rows' input size: ``--input-size``, else the backbone's native size (lite0 224, lite1 240, ...)."""
+    if args.input_size:
+        return args.input_size
+    from frpt.models.backbone import default_input_size
+
+    return default_input_size(args.backbone)
+
+
+def compact_folder(backbone: str, size: int) -> str:
+    """lite0 at 224 keeps the folder its recorded rows name; another backbone or size gets its own cache."""
+    return "compact" if (backbone, size) == ("efficientnet_lite0", 224) else f"compact-{backbone}-{size}"
 
 
 def record(args: argparse.Namespace, preset: str, variant: str, metrics: dict, size: int, *, epochs: int,
@@ -286,7 +309,8 @@ def dpp_of(r: dict) -> str:
 
 
 def row_key(r: dict) -> tuple:
-    return r["dataset"], r["preset"], r["variant"], dpp_of(r), r.get("profile"), r["input_size"]
+    return (r["dataset"], r["preset"], r["variant"], dpp_of(r), r.get("profile"), r["input_size"],
+            r.get("backbone", "efficientnet_lite0"), bool(r.get("whitening")))
 
 
 def row_order(r: dict) -> tuple:
@@ -311,7 +335,10 @@ def render(path: Path, profile: str, size: int) -> str:
                 out.append(f"| {preset} | {v} | {'published' if v in DPP_VARIANTS else '-'} | not yet run | | | | | "
                            f"| | | {size} | {paper} |")
             for r in mine:
-                out.append(f"| {preset} | {v} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
+                label = preset if r.get("backbone", "efficientnet_lite0") == "efficientnet_lite0" \
+                    else f"{preset} ({r['backbone']})"
+                variant = f"{v} + whitening" if r.get("whitening") else v
+                out.append(f"| {label} | {variant} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
                            f"{pct(r['recall@4'])} | {pct(r['recall@8'])} | {pct(r['map@r'])} | "
                            f"{r['learned_params']:,} | {r['train_seconds']:.0f} | {r['epochs']} | {r['input_size']} | "
                            f"{paper} |" + (f" {compact_notes(r)} |" if profile == "compact" else ""))
@@ -359,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                         "pass per row) instead of taking the metrics of frpt train's own final evaluation")
     p.add_argument("--finetune-epochs", type=int, default=2,
                    help="compact profile: epochs of the fine-tuning row (set to match the FRPT row's wall clock)")
+    p.add_argument("--whitening", action="store_true",
+                   help="compact profile: rows with a head also whiten (frpt train --whitening), recorded beside "
+                        "the plain rows")
     p.add_argument("--results", default=str(REPO / "bench" / "results.json"))
     p.add_argument("--render", action="store_true", help="print the markdown table from --results and exit")
     args = p.parse_args(argv)

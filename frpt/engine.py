@@ -29,6 +29,7 @@ before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -168,17 +169,23 @@ class _Output(nn.Module):
         return self.backbone(x) if self.stride is None else self.backbone.stage_features(x, self.stride)
 
 
+@functools.lru_cache(maxsize=1)
+def _openvino_core():
+    """One OpenVINO Core for the process, alive as long as the models compiled by it (a Core per model, dropped
+    after compiling, leaves its plugin's lifetime to the compiled models)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class _Runner:
     """One compiled backbone output: numpy float32 in, float32 torch tensor out. Thread-safe (a request per call)."""
 
     def __init__(self, engine: str, folder: Path, precision: str, threads: int):
         self.engine = engine
         if engine == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
-            core.set_property("CPU", {"CACHE_DIR": str(folder / "blobs")})  # compiled kernels, OpenVINO's own cache
-            self.compiled = core.compile_model(str(folder / "model.xml"), "CPU", {
+            self.compiled = _openvino_core().compile_model(str(folder / "model.xml"), "CPU", {
+                "CACHE_DIR": str(folder / "blobs"),  # compiled kernels, OpenVINO's own cache
                 "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 "PERFORMANCE_HINT": "LATENCY",  # one request uses every thread: batches come one at a time
                 "INFERENCE_NUM_THREADS": threads})

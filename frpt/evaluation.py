@@ -5,7 +5,9 @@ order (:mod:`frpt.distributed`); rank 0 computes the metrics. A single process r
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ from .errors import DatasetError, ImageError
 from .metrics import retrieval_metrics
 from .models import FRPT
 
-DEFAULT_WORKERS = 1
+PREFETCH_BATCHES = 4  # decoded batches a background thread keeps ready ahead of the engine
 
 
 @dataclass
@@ -33,12 +35,70 @@ class Embeddings:
     plan: Plan | None = None  # the engine and precision that computed them (None: not recorded)
 
 
-def loader(dataset: Dataset, batch_size: int, workers: int | None = None, collate_fn=None) -> DataLoader:
-    """Batches of ``dataset`` in order for a pass without gradients. ``workers`` None: one decoding process, so
-    JPEG decoding and resizing overlap with the engine (bench/bench_engines.py --pipeline measures the split)."""
-    workers = DEFAULT_WORKERS if workers is None else workers
+def loader(dataset: Dataset, batch_size: int, workers: int | None = None,
+           collate_fn=None) -> Iterable:
+    """Batches of ``dataset`` in order for a pass without gradients.
+
+    ``workers`` None (the default): decoded by one background *thread* of this process, :data:`PREFETCH_BATCHES`
+    ahead, so JPEG decoding and resizing (which release the GIL) overlap with the engine's pass. A thread, not a
+    forked process: forking a process whose compiled runtime (OpenVINO's TBB pool, ONNX Runtime's threads) is
+    already running copies its locks mid-use, and the CI run of the whole suite crashed that way. ``workers`` N
+    > 0: N DataLoader processes, as asked; 0: decoded in the loop itself.
+    """
+    if workers is None:
+        return _Prefetched(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_fn,
                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+class _Prefetched:
+    """Iterates ``batches`` in a daemon thread, :data:`PREFETCH_BATCHES` ahead; the thread's exceptions are raised
+    in the consumer, and a consumer that stops early (an error, a break) stops the thread."""
+
+    _DONE = object()
+
+    def __init__(self, batches: Iterable):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)  # tqdm's total
+
+    def __iter__(self) -> Iterator:
+        ready: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in self.batches:
+                    if not put(batch):
+                        return
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                put(exc)
+                return
+            put(self._DONE)
+
+        thread = threading.Thread(target=produce, name="frpt-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _forward(model: FRPT, images: torch.Tensor, plan_: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

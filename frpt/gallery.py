@@ -297,7 +297,7 @@ def gallery_embeddings(model: FRPT, card: dict[str, Any], dataset: RetrievalData
     whatever the engine asked for: it records its own, and queries follow it.
     ``on_shard(k)`` is called on rank 0 once shard ``k`` is committed, ``on_images(n)`` in this process after each
     batch with the images done so far (progress hooks, tests). ``workers``: decoding processes
-    (:func:`frpt.evaluation.loader`; 0 reads every image in this process)."""
+    (:func:`frpt.evaluation.loader`; None: a decoding thread, 0: decoded in the loop)."""
     path = gallery_file(card, dataset, root)
     main = distributed.is_main()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,20 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("FRPT_WARM_UMAP", "0")  # the app's background numba warm-up would only compete with tests
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_model_cache(tmp_path_factory) -> Path:
+    """Compiled backbones (frpt/engine.py) go to a folder of this test session, never the user's ~/.cache/frpt:
+    every run converts from scratch, as a fresh CI machine does."""
+    folder = tmp_path_factory.mktemp("frpt-cache")
+    previous = os.environ.get("FRPT_CACHE_DIR")
+    os.environ["FRPT_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("FRPT_CACHE_DIR", None)
+    else:
+        os.environ["FRPT_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def cub_root() -> Path:
     if not (CUB_ROOT / "images.txt").is_file():

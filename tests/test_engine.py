@@ -181,7 +181,7 @@ def test_a_gallery_records_its_engine_and_a_query_matches_its_own_row(tmp_path):
     reread = load_gallery(gallery.path)
     assert (reread.engine, reread.precision) == (gallery.engine, gallery.precision)
     query = embed_images(model, data[7][0][None], precision=gallery.precision, engine=gallery.engine)
-    own = F.cosine_similarity(torch.from_numpy(query), torch.from_numpy(np.asarray(gallery.embeddings.after[7:8])))
+    own = F.cosine_similarity(torch.from_numpy(query), torch.from_numpy(np.array(gallery.embeddings.after[7:8])))
     assert own.item() > 0.9999
 
 

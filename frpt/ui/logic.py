@@ -295,9 +295,10 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
 def head_is_identity(card: dict[str, Any]) -> bool:
     """Whether the embedding after the head equals the pooled features before it, so the Embedding space's
     before/after maps are one map: no CAH and no BNNeck (PT, DPP+PT), or a compact CAH whose open gate (identity
-    init) was kept untrained because its validation split chose 0 epochs."""
+    init) was kept untrained because its validation split chose 0 epochs. A whitened head (compact preset's
+    ``whitening``) always changes the space."""
     config = from_dict(ModelConfig, card["model"])
-    if config.finetune:
+    if config.finetune or config.whitening:
         return False
     if not config.use_cah:
         return not config.bnneck

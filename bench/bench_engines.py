@@ -7,8 +7,9 @@
    fp32; ``vs_today`` is the ratio to the torch path ``frpt`` ran before engines (bf16 channels-last where native,
    else fp32 channels-last).
 2. ``pipeline`` (``--root``): where the time of a gallery pass goes on real images: decoding + resizing alone,
-   the engine alone on the decoded batches, and the two overlapped as ``frpt.evaluation.loader`` runs them (one
-   decoding process beside the engine), on ``--images`` CUB test images.
+   the engine alone on the decoded batches, and the two overlapped as ``frpt.evaluation.loader`` runs them (a
+   decoding thread beside the engine; ``one_process``: one forked DataLoader process instead, the loader's default
+   before session 10), on ``--images`` CUB test images.
 3. ``model`` (``--root``): one batch of CUB test images through a whole checkpoint (``--checkpoint``, default the
    shipped ``cub/compact-frpt``: four views) on the default plan: seconds a batch, and how many of them the
    compiled backbone took (the rest is torch: the prompt, normalisation, flips, the head).
@@ -126,9 +127,11 @@ def bench_pipeline(name: str, size: int, root: str, images: int, batch: int) -> 
     with torch.no_grad():
         engine = timed(lambda: [runner((b - mean) / std) for b in decoded])
         overlapped = timed(lambda: [runner((b[0] - mean) / std) for b in loader(dataset, batch)])
+        in_process = timed(lambda: [runner((b[0] - mean) / std) for b in loader(dataset, batch, workers=1)])
     emit(kind="pipeline", backbone=name, input_size=size, images=images, plan=plan_.as_dict(),
          decode_images_per_s=round(images / decode, 1), engine_images_per_s=round(images / engine, 1),
          overlapped_images_per_s=round(images / overlapped, 1),
+         one_process_images_per_s=round(images / in_process, 1),
          serial_images_per_s=round(images / (decode + engine), 1))
 
 

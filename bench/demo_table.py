@@ -3,8 +3,9 @@
     python bench/demo_table.py [--out runs/demo-table] [--record]
 
 Re-evaluates the three shipped demos (assets/demo: pt, no-cah, frpt) live on the synthetic test split, trains the
-two rows the app does not ship with the same recipe (frpt.demo.train_demo): PT+CAH, and FRPT whose crop centre is
-regressed onto the training markers' boxes (the compact preset's named departure, --prompt-supervision boxes), and
+rows the app does not ship with the same recipe (frpt.demo.train_demo): PT+CAH, FRPT whose crop centre is
+regressed onto the training markers' boxes (the compact preset's named departure, --prompt-supervision boxes) and
+FRPT with the whitened head (``--whitening``), and
 measures each prompt's focus on the marker: the share of the prompted image read from inside the marker's box,
 against the box's share of the image (the identity prompt). Prints a Markdown table and one JSON line; --record
 also writes them to bench/demo_results.json.
@@ -30,7 +31,11 @@ from frpt.fileio import atomic_write_text  # noqa: E402
 from frpt.warp_gallery import warp_records  # noqa: E402
 
 ROWS = (("pt", "PT (shipped `pt`)"), ("pt+cah", "PT+CAH"), ("no-cah", "DPP+PT (shipped `no-cah`)"),
-        ("frpt", "FRPT (shipped `frpt`)"), ("frpt-boxes", "FRPT, crop centre from boxes (named departure)"))
+        ("frpt", "FRPT (shipped `frpt`)"), ("frpt-boxes", "FRPT, crop centre from boxes (named departure)"),
+        ("frpt-whitening", "FRPT, whitened head (named departure)"))
+# Rows trained here (not shipped): name -> (variant, prompt supervision, whitening)
+TRAINED = {"pt+cah": ("pt+cah", "labels", False), "frpt-boxes": ("frpt", "boxes", False),
+           "frpt-whitening": ("frpt", "labels", True)}
 
 
 def focus(model, test_set) -> tuple[float | None, float | None]:
@@ -71,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             folder = demo.demo_checkpoint_dir(name)
         else:
             folder = out / name
-            variant, supervision = ("pt+cah", "labels") if name == "pt+cah" else ("frpt", "boxes")
+            variant, supervision, whitening = TRAINED[name]
             # a finished row in --out is reused (delete its folder to retrain it)
-            demo.train_demo(variant, folder, supervision=supervision, progress=False, feature_cache=features,
-                            resume=True)
+            demo.train_demo(variant, folder, supervision=supervision, whitening=whitening, progress=False,
+                            feature_cache=features, resume=True)
         rows.append({**row(name, folder, test_set), "label": label})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -67,22 +67,24 @@ def named_checkpoints() -> dict[str, Path]:
     return {**available_demos(), **bundled_cub_checkpoints()}
 
 
-def _demo_model(variant: str, num_classes: int):
+def _demo_model(variant: str, num_classes: int, whitening: bool = False):
     torch.manual_seed(SEED)
-    return build_model(model_config("compact", variant, num_classes=num_classes, input_size=INPUT_SIZE))
+    extra = {"whitening": True} if whitening else {}
+    return build_model(model_config("compact", variant, num_classes=num_classes, input_size=INPUT_SIZE, **extra))
 
 
-def train_demo(variant: str, out_dir: str | Path, *, supervision: str = "labels", progress: bool = True,
-               feature_cache: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+def train_demo(variant: str, out_dir: str | Path, *, supervision: str = "labels", whitening: bool = False,
+               progress: bool = True, feature_cache: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Train one Table 1 ``variant`` with the demo's recipe into ``out_dir`` and return its card (test metrics on
-    the default synthetic test split). bench/demo_table.py also trains the rows the app does not ship with it."""
+    the default synthetic test split); ``whitening``: the compact preset's whitened head. bench/demo_table.py also
+    trains the rows the app does not ship with it."""
     from .compact import train_compact
 
     transform = build_transform(INPUT_SIZE, train=False)
     train_set = build_dataset("synthetic", "train", transform=transform, images_per_class=TRAIN_IMAGES_PER_CLASS)
     test_set = build_dataset("synthetic", "test", transform=transform)
     cfg = train_config("compact", seed=SEED, prompt_supervision=supervision, prompt_epochs=PROMPT_EPOCHS)
-    model = _demo_model(variant, len(train_set.classes))
+    model = _demo_model(variant, len(train_set.classes), whitening)
     return train_compact(model, train_set, cfg, out_dir, classes=list(train_set.classes), dataset_info=DATASET,
                          test_set=test_set, precision="auto", progress=progress, resume=resume,
                          feature_cache=feature_cache or Path(out_dir) / "features")

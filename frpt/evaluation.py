@@ -42,7 +42,8 @@ def loader(dataset: Dataset, batch_size: int, workers: int | None = None,
     ``workers`` None (the default): decoded by one background *thread* of this process, :data:`PREFETCH_BATCHES`
     ahead, so JPEG decoding and resizing (which release the GIL) overlap with the engine's pass. A thread, not a
     forked process: forking a process whose compiled runtime (OpenVINO's TBB pool, ONNX Runtime's threads) is
-    already running copies its locks mid-use, and the CI run of the whole suite crashed that way. ``workers`` N
+    already running copies their locks mid-use (the CI run of the whole suite died of a segfault in the first
+    gallery test that did so). ``workers`` N
     > 0: N DataLoader processes, as asked; 0: decoded in the loop itself.
     """
     if workers is None:

@@ -15,6 +15,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("FRPT_WARM_UMAP", "0")  # the app's background numba warm-up would only compete with tests
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Each test starts with the suite's torch thread count and leaves it so: a CLI main() called in-process with
+    --threads 1 would otherwise run every later test on one thread (another float summation order, which turned the
+    short published-DPP training of test_training.py from falling to rising loss)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compiled_model_cache(tmp_path_factory) -> Path:
     """Compiled backbones (frpt/engine.py) go to a folder of this test session, never the user's ~/.cache/frpt:

@@ -66,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo-table", help="folder for the rows trained here")
     p.add_argument("--record", action="store_true", help="write the rows to bench/demo_results.json")
+    p.add_argument("--rows", nargs="+", choices=[name for name, _ in ROWS], help="only these rows (not with --record)")
     args = p.parse_args(argv)
+    if args.rows and args.record:
+        p.error("--record writes the whole table; drop --rows")
     out = Path(args.out)
     test_set = build_dataset("synthetic", "test", transform=build_transform(demo.INPUT_SIZE, train=False))
     features = out / "features"
     rows = []
     for name, label in ROWS:
+        if args.rows and name not in args.rows:
+            continue
         if name in demo.DEMOS:
             folder = demo.demo_checkpoint_dir(name)
         else:

@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="zero-shot Recall@K on the test split (leave-one-out, cosine)")
     _add_data_args(p); _add_model_args(p, preset_required=True); _add_runtime_args(p)  # noqa: E702
     p.add_argument("--checkpoint")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: none; a thread decodes beside the engine)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: none; "
+                   "a thread decodes beside the engine)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("embed", help="store gallery embeddings (and UMAP) beside a checkpoint")
@@ -383,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop prompt: the learned box's size times these (default 0.6 0.8 1.25 1.6)")
     p.add_argument("--feature-cache", help="crop prompt: the compact preset's feature cache folder (frpt train "
                                            "--feature-cache); its test maps are reused and completed")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: none; a thread decodes beside the engine)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: none; "
+                   "a thread decodes beside the engine)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser state, for sharing")

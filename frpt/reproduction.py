@@ -117,6 +117,7 @@ class OurRow:
     date: str | None
     machine: str | None
     data_copy: str | None = None  # how the images differ from the dataset as published (e.g. a WebP re-encoding)
+    whitening: bool = False  # the compact preset's whitened head (a named departure from Eq. 9)
 
     @property
     def gpu(self) -> str:
@@ -126,9 +127,11 @@ class OurRow:
 
     @property
     def where(self) -> str:
-        """"" for our usual CPU rows; otherwise the GPU and the data copy, e.g. "H100, WebP copy"."""
+        """"" for our usual CPU rows on the default backbone; otherwise the backbone, the GPU and the data copy,
+        e.g. "efficientnet_lite1" or "H100, WebP copy"."""
         copy = "WebP copy" if "webp" in (self.data_copy or "").lower() else "data copy" if self.data_copy else ""
-        return ", ".join(x for x in (self.gpu, copy) if x)
+        backbone = "" if self.backbone in ("efficientnet_lite0", "?") else self.backbone
+        return ", ".join(x for x in (backbone, self.gpu, copy) if x)
 
     @property
     def group(self) -> str:
@@ -140,7 +143,8 @@ class OurRow:
     def label(self) -> str:
         prompt = "" if self.prompt == "-" else f" ({self.prompt} prompt)" if self.prompt == "crop" else \
             f" ({self.prompt} DPP)"
-        return f"{self.preset}/{self.variant}{prompt} · {self.profile} {self.input_size} px" + \
+        head = " + whitening" if self.whitening else ""
+        return f"{self.preset}/{self.variant}{prompt}{head} · {self.profile} {self.input_size} px" + \
             (f" · {self.where}" if self.where else "")
 
 
@@ -162,7 +166,7 @@ def _our_row(r: dict[str, Any]) -> OurRow:
                   learned_params=None if r.get("learned_params") is None else int(r["learned_params"]),
                   train_seconds=None if r.get("train_seconds") is None else float(r["train_seconds"]),
                   command=str(r.get("command") or ""), commit=str(r.get("commit") or ""), date=r.get("date"),
-                  machine=r.get("machine"), data_copy=r.get("data_copy"))
+                  machine=r.get("machine"), data_copy=r.get("data_copy"), whitening=bool(r.get("whitening")))
 
 
 def _read_records(path: Path) -> tuple[bytes, list]:

@@ -60,7 +60,7 @@ def test_every_cub_table1_row_is_matched_by_variant_in_the_real_results():
 def test_rows_from_a_lent_gpu_are_read_too_and_kept_apart_from_the_cpu_rows():
     cpu = rep.load_results(rep.RESULTS).rows
     both = rep.load_results().rows
-    gpu = [r for r in both if r.where]
+    gpu = [r for r in both if r.gpu]
     assert len(both) == len(cpu) + len(json.loads(rep.RESULTS_GPU.read_text())) and gpu
     assert all(r.where == "H100, WebP copy" and r.group.endswith(" · H100, WebP copy") for r in gpu)
     assert not {r.group for r in gpu} & {r.group for r in cpu}  # never the best row of a CPU group
@@ -156,3 +156,19 @@ def test_columns_show_only_what_the_table_reports(tmp_path):
     t1, t5 = rep.columns(rep.comparison(rows, "Table 1", "cub")), rep.columns(rep.comparison(rows, "Table 5"))
     assert "paper params" in t1 and "paper R@2" not in t1 and "note" not in t1
     assert "paper params" not in t5 and "ours R@8" in t5 and "note" in t5
+
+def test_a_whitened_head_and_another_backbone_are_told_apart_in_labels_and_groups(tmp_path):
+    """The compact rows of bench/ablation.py --whitening and --backbone efficientnet_lite1 sit beside the plain
+    lite0 ones: one preset, variant and profile, so only the label and the group can tell them apart."""
+    compact = dict(preset="compact", profile="compact", input_size=224, dpp=None)
+    plain = _record(**compact)
+    whitened = _record(**compact, whitening=True, **{"recall@1": 0.65})
+    lite1 = _record(**{**compact, "input_size": 240}, backbone="efficientnet_lite1", whitening=True)
+    rows = rep.load_results(_write(tmp_path, [plain, whitened, lite1])).rows
+    labels = [r.label for r in rows]
+    assert len(set(labels)) == 3
+    assert "+ whitening" not in labels[0] and "+ whitening" in labels[1] and "efficientnet_lite1" in labels[2]
+    assert rows[0].group == rows[1].group != rows[2].group  # one backbone and profile: one colour on the figure
+    lines = rep.comparison(rows, "Table 1", "cub", best_only=True)
+    assert sorted((line["group"], line["ours R@1"]) for line in lines if line["group"]) == [
+        ("compact · compact 224 px", 65.0), ("compact · compact 240 px · efficientnet_lite1", 35.8)]

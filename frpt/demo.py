@@ -73,8 +73,8 @@ def named_checkpoints() -> dict[str, Path]:
 
 def _demo_model(variant: str, num_classes: int, whitening: bool = False):
     torch.manual_seed(SEED)
-    extra = {"whitening": True} if whitening else {}
-    return build_model(model_config("compact", variant, num_classes=num_classes, input_size=INPUT_SIZE, **extra))
+    return build_model(model_config("compact", variant, num_classes=num_classes, input_size=INPUT_SIZE,
+                                    whitening=whitening))
 
 
 def train_demo(variant: str, out_dir: str | Path, *, supervision: str = "labels", whitening: bool = False,

@@ -35,16 +35,15 @@ class Embeddings:
     plan: Plan | None = None  # the engine and precision that computed them (None: not recorded)
 
 
-def loader(dataset: Dataset, batch_size: int, workers: int | None = None,
-           collate_fn=None) -> Iterable:
+def loader(dataset: Dataset, batch_size: int, workers: int | None = None, collate_fn=None) -> Iterable:
     """Batches of ``dataset`` in order for a pass without gradients.
 
     ``workers`` None (the default): decoded by one background *thread* of this process, :data:`PREFETCH_BATCHES`
     ahead, so JPEG decoding and resizing (which release the GIL) overlap with the engine's pass. A thread, not a
     forked process: forking a process whose compiled runtime (OpenVINO's TBB pool, ONNX Runtime's threads) is
-    already running copies their locks mid-use (the CI run of the whole suite died of a segfault in the first
-    gallery test that did so). ``workers`` N
-    > 0: N DataLoader processes, as asked; 0: decoded in the loop itself.
+    already running copies their locks mid-use, the likely cause of the segfault that ended a CI run of the whole
+    suite in the first gallery test to fork so. ``workers`` N > 0: N DataLoader processes, as asked; 0: decoded in
+    the loop itself.
     """
     if workers is None:
         return _Prefetched(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn))

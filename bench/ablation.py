@@ -181,11 +181,18 @@ def run_train(cmd: list[str], folder: Path, ckpt: Path) -> dict:
     """Run a ``frpt train`` command once: its train.json is reused while the command is unchanged."""
     got = cached(folder / "train.json", show(cmd))
     if got is None:
-        if ckpt.exists():  # a half-finished run from another command: start clean
+        started = folder / "train.started"  # the command of a run under way (or killed): resume only that one
+        resume = ckpt.exists() and started.is_file() and started.read_text() == show(cmd)
+        if ckpt.exists() and not resume:  # a half-finished run from another command: start clean
             shutil.rmtree(ckpt)
-        out, seconds = run_json(cmd, folder / "train.log")
+        folder.mkdir(parents=True, exist_ok=True)
+        started.write_text(show(cmd))
+        ran = cmd + ["--resume"] if resume else cmd
+        out, seconds = run_json(ran, folder / "train.log")
         got = {"command": show(cmd), "result": out, "train_seconds": round(seconds, 1),
-               "train_cpu_seconds": CPU_SECONDS[show(cmd)]}
+               "train_cpu_seconds": CPU_SECONDS[show(ran)]}
+        if resume:  # the seconds are the resumed part's only
+            got["resumed"] = True
         (folder / "train.json").write_text(json.dumps(got, indent=1))
     return got
 
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes per command (0: in the main one)")
     p.add_argument("--epochs", type=int, help="override the profile's epochs (required by --profile short)")
+    p.add_argument("--limit-batches", type=int, help="override the profile's training batches per epoch")
+    p.add_argument("--eval-every", type=int, help="override the profile's test evaluation every N epochs (0: last only)")
     p.add_argument("--data-copy", help="recorded with each row when --root is not the original CUB files "
                                        "(e.g. the WebP copy of bench/pack_cub.py)")
     p.add_argument("--seed", type=int, default=0)
@@ -412,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--profile short needs --epochs")
     if args.input_size:
         prof["input_size"] = args.input_size
+    for key in ("limit_batches", "eval_every"):
+        if getattr(args, key) is not None:
+            prof[key] = getattr(args, key)
     presets = PRESETS if args.preset == "both" else (args.preset,)
     for variant in args.variants:  # one row at a time, merged as soon as it is done
         if variant == "pt":

@@ -53,6 +53,7 @@ from frpt.fileio import atomic_write  # noqa: E402
 from frpt.reproduction import PAPER_PARAMS, PAPER_R1  # noqa: E402 - paper Table 1 (ResNet-50, CUB R@1 %), one copy
 DEFAULT_ROOT = "../shared/data/CUB_200_2011"  # relative to the repository, like every recorded command
 VARIANTS = ("pt", "frpt", "finetune", "dpp+pt", "pt+cah", "no-in")
+DEFAULT_BACKBONE = "efficientnet_lite0"  # rows recorded before a backbone was chosen have no "backbone" key
 PRESETS = ("paper", "official", "compact")
 
 DPP_SETTINGS: dict[str, list[str]] = {
@@ -197,6 +198,13 @@ def run_train(cmd: list[str], folder: Path, ckpt: Path) -> dict:
     return got
 
 
+def curve_suffix(results: str) -> str:
+    """"" for rows of bench/results.json; "-gpu" for bench/results_gpu.json (a lent GPU's rows), so the curves of
+    one row name measured on two machines never overwrite each other."""
+    stem = Path(results).stem
+    return "" if stem == "results" else "-" + stem.removeprefix("results_")
+
+
 def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str, dpp: str) -> dict:
     size = prof["input_size"]
     name = f"{preset}-{variant}" + (f"-{dpp}" if dpp != "published" else "")
@@ -227,12 +235,13 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
         metrics, eval_cmd, eval_seconds = done["metrics"], done["command"], done["eval_seconds"]
     curves = REPO / "bench" / "curves"
     curves.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ckpt / "log.csv", curves / f"{args.profile}-{name}.csv")
+    curve = f"{args.profile}-{name}{curve_suffix(args.results)}.csv"
+    shutil.copyfile(ckpt / "log.csv", curves / curve)
     rec = record(args, preset, variant, metrics, size, epochs=int(card["epoch"]), train_seconds=got["train_seconds"],
                  learned=learned_params(preset, variant, args.backbone), command=got["command"],
                  eval_command=eval_cmd, eval_seconds=eval_seconds)
     rec["dpp"] = dpp
-    rec["curve"] = f"bench/curves/{args.profile}-{name}.csv"
+    rec["curve"] = f"bench/curves/{curve}"
     rec["train_images_seen"] = (prof["limit_batches"] or 5864 // card["train"]["batch_size"]) \
         * card["train"]["batch_size"] * int(card["epoch"])
     rec["lr"] = card["train"]["lr"]
@@ -285,7 +294,7 @@ def compact_size(args: argparse.Namespace) -> int:
 
 def compact_folder(backbone: str, size: int) -> str:
     """lite0 at 224 keeps the folder its recorded rows name; another backbone or size gets its own cache."""
-    return "compact" if (backbone, size) == ("efficientnet_lite0", 224) else f"compact-{backbone}-{size}"
+    return "compact" if (backbone, size) == (DEFAULT_BACKBONE, 224) else f"compact-{backbone}-{size}"
 
 
 def record(args: argparse.Namespace, preset: str, variant: str, metrics: dict, size: int, *, epochs: int,
@@ -317,7 +326,7 @@ def dpp_of(r: dict) -> str:
 
 def row_key(r: dict) -> tuple:
     return (r["dataset"], r["preset"], r["variant"], dpp_of(r), r.get("profile"), r["input_size"],
-            r.get("backbone", "efficientnet_lite0"), bool(r.get("whitening")))
+            r.get("backbone", DEFAULT_BACKBONE), bool(r.get("whitening")))
 
 
 def row_order(r: dict) -> tuple:
@@ -342,7 +351,7 @@ def render(path: Path, profile: str, size: int) -> str:
                 out.append(f"| {preset} | {v} | {'published' if v in DPP_VARIANTS else '-'} | not yet run | | | | | "
                            f"| | | {size} | {paper} |")
             for r in mine:
-                label = preset if r.get("backbone", "efficientnet_lite0") == "efficientnet_lite0" \
+                label = preset if r.get("backbone", DEFAULT_BACKBONE) == DEFAULT_BACKBONE \
                     else f"{preset} ({r['backbone']})"
                 variant = f"{v} + whitening" if r.get("whitening") else v
                 out.append(f"| {label} | {variant} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
@@ -377,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--root", default=DEFAULT_ROOT, help="CUB_200_2011 folder (read in place, never copied)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--input-size", type=int, help="override the profile's input size")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=0, help="data-loading processes per command (0: in the main one)")

@@ -99,7 +99,7 @@ def pack_records(out: Path) -> None:
         for path in sorted((REPO / "runs" / "gpu").rglob("*")):
             if path.suffix in (".json", ".csv", ".log") and "features" not in path.parts:
                 tar.add(path, arcname=str(path.relative_to(REPO / "runs" / "gpu")))
-        for path in sorted((REPO / "bench" / "curves").glob("short-*.csv")):
+        for path in sorted((REPO / "bench" / "curves").glob("short-*-gpu.csv")):
             tar.add(path, arcname=f"curves/{path.name}")
 
 

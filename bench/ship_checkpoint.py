@@ -5,6 +5,8 @@ card also records the live metrics (``frpt.evaluation.evaluate``, fp32, images t
 first ``--check-classes`` test classes; tests/test_assets.py re-evaluates exactly that subset and compares.
 
     python bench/ship_checkpoint.py --checkpoint runs/ablation/compact/frpt/checkpoint --name compact-frpt
+    python bench/ship_checkpoint.py --checkpoint runs/ablation/compact-efficientnet_lite1-240/frpt-whitening/checkpoint \
+        --name compact-frpt-lite1 --half
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="folder name under assets/cub/")
     p.add_argument("--root", default="../shared/data/CUB_200_2011")
     p.add_argument("--check-classes", type=int, default=10)
+    p.add_argument("--half", action="store_true", help="store the weights in float16 (frpt export --half)")
     args = p.parse_args(argv)
     dest = REPO / "assets" / "cub" / args.name
-    export_checkpoint(args.checkpoint, dest)
+    export_checkpoint(args.checkpoint, dest, half=args.half)
     model, card = load_checkpoint(dest)
     test = build_dataset("cub", "test", root=args.root, transform=build_transform(card["input_size"], train=False))
     subset, classes = check_subset(test, args.check_classes)
@@ -49,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from frpt.config import model_config
     from frpt.models import build_model
 
-    baseline = evaluate(build_model(model_config(card["preset"], "pt", input_size=card["input_size"])), subset,
-                        progress=True)
+    baseline = evaluate(build_model(model_config(card["preset"], "pt", input_size=card["input_size"],
+                                                 backbone=card["model"]["backbone"])), subset, progress=True)
     raw = json.loads((dest / CARD).read_text())
     raw["exported_from"] = str(Path(args.checkpoint))
     raw["check"] = {"split": "test", "classes": classes, "images": len(subset), "metrics": metrics,

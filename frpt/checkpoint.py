@@ -49,6 +49,9 @@ _OTHER_INT_LIMIT = 256
 _ZERO_MEANS_OFF = {"saliency_bound", "crop_margin"}  # float fields where 0 is a valid "disabled"; the others must be > 0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
+#: How the weights file may store floating tensors (card ``files.weights_dtype``; absent: as the model holds them).
+#: float16 halves a shipped checkpoint (the compact whitening matrix is 1280 x 1280); loading casts back to fp32.
+STORAGE_DTYPES = {"float16": torch.float16}
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
@@ -61,8 +64,10 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
 
 def save_checkpoint(folder: str | os.PathLike, model: FRPT, *, classes: list[str], dataset: dict[str, Any],
                     train: TrainConfig | None = None, epoch: int = 0, metrics: dict[str, Any] | None = None,
-                    train_state: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write (or advance) the checkpoint in ``folder``; returns the card path."""
+                    train_state: dict[str, torch.Tensor] | None = None, extra: dict[str, Any] | None = None,
+                    storage_dtype: str | None = None) -> Path:
+    """Write (or advance) the checkpoint in ``folder``; returns the card path. ``storage_dtype`` "float16" stores
+    the floating weights in half precision (for sharing; recorded in the card, cast back to fp32 on loading)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
@@ -71,6 +76,15 @@ def save_checkpoint(folder: str | os.PathLike, model: FRPT, *, classes: list[str
         # A randomly initialised backbone cannot be rebuilt from a weights file, so it travels with the checkpoint.
         tensors.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
     files: dict[str, Any] = {"weights": f"model-e{epoch:04d}.safetensors"}
+    if storage_dtype is not None:
+        if storage_dtype not in STORAGE_DTYPES:
+            raise CheckpointError(f"Storage dtype {storage_dtype!r} is not offered; use one of {sorted(STORAGE_DTYPES)}.")
+        stored = {k: v.to(STORAGE_DTYPES[storage_dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
+        overflow = sorted(k for k, v in stored.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        if overflow:
+            raise CheckpointError(f"Weights {overflow[:3]} exceed the {storage_dtype} range; export without "
+                                  "half precision.")
+        tensors, files["weights_dtype"] = stored, storage_dtype
     files["weights_sha256"] = _save_tensors(folder / files["weights"], tensors)
     if train_state is not None:
         files["train_state"] = f"train-state-e{epoch:04d}.safetensors"
@@ -210,6 +224,8 @@ def _card_problem(card: dict[str, Any]) -> str | None:
             return f"files.{key} {name!r} is not a .safetensors file name inside the checkpoint folder"
         if not isinstance(files.get(f"{key}_sha256"), str) or not _SHA256.fullmatch(files[f"{key}_sha256"]):
             return f"files.{key}_sha256 is not a sha256 digest"
+    if "weights_dtype" in files and files["weights_dtype"] not in STORAGE_DTYPES:
+        return f"files.weights_dtype {files['weights_dtype']!r} is not one of {sorted(STORAGE_DTYPES)}"
     return None
 
 
@@ -268,6 +284,20 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
                               "re-copy the checkpoint.") from None
 
 
+def _as_stored(tensors: dict[str, torch.Tensor], card: dict[str, Any], folder: Path) -> dict[str, torch.Tensor]:
+    """The weights cast back to fp32 when the card says they were stored in half precision (and every floating one
+    was: a file that disagrees with its card is refused, not silently cast)."""
+    stored = card["files"].get("weights_dtype")
+    if stored is None:
+        return tensors
+    dtype = STORAGE_DTYPES[stored]
+    other = sorted(k for k, v in tensors.items() if v.is_floating_point() and v.dtype != dtype)
+    if other:
+        raise CheckpointError(f"Weights in {folder} are not all {stored} as the card records ({other[:3]}); "
+                              "the card and the tensors disagree, re-copy or re-export the checkpoint.")
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def check_tensors(model: FRPT, tensors: dict[str, torch.Tensor], folder: Path, *, with_backbone: bool) -> None:
     """Raise a CheckpointError unless ``tensors`` are exactly the model's learned tensors (names, shapes, dtypes,
     finite values), so ``load_state_dict`` can neither fail half-way nor load garbage."""
@@ -298,7 +328,7 @@ def load_checkpoint(path: str | os.PathLike, *, backbone_weights: str | os.PathL
     if config.num_classes != len(card["classes"]) and config.trainable:
         raise CheckpointError(f"Checkpoint {folder} lists {len(card['classes'])} classes but its model has "
                               f"{config.num_classes}; the card was edited, re-export the checkpoint.")
-    tensors = read_tensors(verified_file(folder, card, "weights"))
+    tensors = _as_stored(read_tensors(verified_file(folder, card, "weights")), card, folder)
     backbone_in_file = any(k.startswith("backbone.") for k in tensors) and not config.finetune
     expected_sha = card["backbone"].get("weights_sha256")
     try:
@@ -330,10 +360,11 @@ def load_train_state(card: dict[str, Any]) -> dict[str, torch.Tensor] | None:
 
 
 def export_checkpoint(src: str | os.PathLike, dest: str | os.PathLike,
-                      backbone_weights: str | os.PathLike | None = None) -> Path:
+                      backbone_weights: str | os.PathLike | None = None, half: bool = False) -> Path:
     """Copy checkpoint ``src`` to the new folder ``dest`` for sharing: the learned tensors, card and training log,
-    without the optimiser state (half the size of a paper-preset FRPT checkpoint). ``src`` is fully verified
-    first, and ``dest`` appears only once it is complete. Returns the new card path."""
+    without the optimiser state (half the size of a paper-preset FRPT checkpoint). ``half`` stores the weights in
+    float16 (half the size again; the card's metrics stay those of the fp32 weights, so re-evaluate the export).
+    ``src`` is fully verified first, and ``dest`` appears only once it is complete. Returns the new card path."""
     dest = Path(dest)
     if dest.exists():
         raise CheckpointError(f"{dest} already exists; export into a new folder.")
@@ -348,7 +379,8 @@ def export_checkpoint(src: str | os.PathLike, dest: str | os.PathLike,
                "sealed_sha256", "path", "exported_from"}
     extra = {k: v for k, v in card.items() if k not in written}
     save_checkpoint(scratch, model, classes=card["classes"], dataset=card.get("dataset") or {}, train=train,
-                    epoch=card["epoch"], metrics=card.get("metrics"), extra={**extra, "exported_from": card["path"]})
+                    epoch=card["epoch"], metrics=card.get("metrics"), extra={**extra, "exported_from": card["path"]},
+                    storage_dtype="float16" if half else None)
     log = Path(card["path"]) / "log.csv"
     if log.is_file():
         (scratch / "log.csv").write_bytes(log.read_bytes())

@@ -182,7 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import export_checkpoint
 
-    card_path = export_checkpoint(args.checkpoint, args.out, backbone_weights=args.backbone_weights)
+    card_path = export_checkpoint(args.checkpoint, args.out, backbone_weights=args.backbone_weights, half=args.half)
     files = sorted(card_path.parent.iterdir())
     _emit({"checkpoint": str(card_path.parent), "files": [p.name for p in files],
            "bytes": sum(p.stat().st_size for p in files)})
@@ -392,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="new folder")
     p.add_argument("--backbone-weights")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in float16 (half the size; loaded back as fp32; re-evaluate the export)")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; export prints only its JSON line")
     p.set_defaults(func=cmd_export)
 

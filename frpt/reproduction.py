@@ -118,6 +118,8 @@ class OurRow:
     machine: str | None
     data_copy: str | None = None  # how the images differ from the dataset as published (e.g. a WebP re-encoding)
     whitening: bool = False  # the compact preset's whitened head (a named departure from Eq. 9)
+    epochs: int | None = None  # epochs trained (for the short profile, whose length varies from row to row)
+    images_seen: int | None = None  # training images seen, the short profile's epochs may be cut to some batches
 
     @property
     def gpu(self) -> str:
@@ -144,8 +146,17 @@ class OurRow:
         prompt = "" if self.prompt == "-" else f" ({self.prompt} prompt)" if self.prompt == "crop" else \
             f" ({self.prompt} DPP)"
         head = " + whitening" if self.whitening else ""
-        return f"{self.preset}/{self.variant}{prompt}{head} · {self.profile} {self.input_size} px" + \
+        return f"{self.preset}/{self.variant}{prompt}{head} · {self.profile} {self.input_size} px{self.length}" + \
             (f" · {self.where}" if self.where else "")
+
+    @property
+    def length(self) -> str:
+        """", 4 epochs (2,560 images)" for a trained row of the short profile, whose length varies; "" otherwise
+        (every other profile fixes it)."""
+        if self.profile != "short" or not self.epochs:
+            return ""
+        seen = f" ({self.images_seen:,} images)" if self.images_seen else ""
+        return f", {self.epochs} epoch{'s' if self.epochs != 1 else ''}{seen}"
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,9 @@ def _our_row(r: dict[str, Any]) -> OurRow:
                   learned_params=None if r.get("learned_params") is None else int(r["learned_params"]),
                   train_seconds=None if r.get("train_seconds") is None else float(r["train_seconds"]),
                   command=str(r.get("command") or ""), commit=str(r.get("commit") or ""), date=r.get("date"),
-                  machine=r.get("machine"), data_copy=r.get("data_copy"), whitening=bool(r.get("whitening")))
+                  machine=r.get("machine"), data_copy=r.get("data_copy"), whitening=bool(r.get("whitening")),
+                  epochs=None if r.get("epochs") is None else int(r["epochs"]),
+                  images_seen=None if r.get("train_images_seen") is None else int(r["train_images_seen"]))
 
 
 def _read_records(path: Path) -> tuple[bytes, list]:

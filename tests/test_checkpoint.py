@@ -94,3 +94,29 @@ def test_saving_clears_temp_files_of_a_killed_writer_and_writes_none_of_its_own(
     model = build_model(model_config("paper", "dpp+pt", num_classes=2, input_size=64))
     save_checkpoint(tmp_path, model, classes=["a", "b"], dataset={}, epoch=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "model-e0001.safetensors", "notes.txt"]
+
+
+def test_a_half_precision_export_is_half_the_size_and_retrieves_as_the_original(tmp_path):
+    """`frpt export --half` (how cub/compact-frpt-lite1 fits the 5 MB of a shipped checkpoint): the weights file
+    stores float16, the card says so, and the reloaded model's embeddings are the fp32 ones to float16 rounding."""
+    from frpt.checkpoint import export_checkpoint
+    from frpt.demo import demo_checkpoint_dir
+
+    src = demo_checkpoint_dir("frpt")  # the demo's whitened compact head: a 1280 x 1280 matrix among its weights
+    card = load_checkpoint(src)[1]
+    export_checkpoint(src, tmp_path / "half", half=True)
+    half_model, half_card = load_checkpoint(tmp_path / "half")
+    model = load_checkpoint(src)[0]
+    stored = load_file(str(tmp_path / "half" / half_card["files"]["weights"]))
+    assert half_card["files"]["weights_dtype"] == "float16" and "weights_dtype" not in card["files"]
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    full = (src / card["files"]["weights"]).stat().st_size
+    assert (tmp_path / "half" / half_card["files"]["weights"]).stat().st_size < 0.51 * full
+    assert all(p.dtype == torch.float32 for p in half_model.parameters())  # computed in fp32 as before
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, card["input_size"], card["input_size"])
+    with torch.no_grad():
+        a, b = model(x).embedding, half_model(x).embedding
+    cosine = torch.nn.functional.cosine_similarity(a, b)
+    assert cosine.min() > 0.9999 and not torch.equal(a, b)  # rounded, not copied
+    assert half_card["metrics"] == card["metrics"]  # the fp32 figures: re-evaluate an export (bench/RESULTS.md)

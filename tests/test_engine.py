@@ -187,10 +187,14 @@ def test_a_gallery_records_its_engine_and_a_query_matches_its_own_row(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")
-def test_the_shipped_compact_checkpoint_reevaluates_on_the_engine_as_its_card_says(cub_root):
+@pytest.mark.parametrize(("name", "margin"), [("cub/compact-frpt", 0.003), ("cub/compact-frpt-lite1", 0.005)])
+def test_the_shipped_compact_checkpoint_reevaluates_on_the_engine_as_its_card_says(cub_root, name, margin):
     """The whole CUB test split (5,924 queries, four views each) on the default engine and precision of this CPU
-    (OpenVINO bf16 where the CPU has native bf16, else f32): within 0.3 R@1 and 0.3 MAP@R points of the card."""
-    model, card = load_checkpoint(bundled_cub_checkpoints()["cub/compact-frpt"])
+    (OpenVINO bf16 where the CPU has native bf16, else f32): within 0.3 R@1 and 0.3 MAP@R points of the card
+    (issue 19). compact-frpt-lite1 gets 0.5: its card holds what training measured on its feature cache, 65.18 /
+    22.24, and the live four-view pass here gave 64.82 / 22.12 from its fp32 weights and 64.80 / 22.12 from the
+    float16 ones it ships (bench/RESULTS.md), so the float16 storage moves it by 0.02 and the pipelines by 0.36."""
+    model, card = load_checkpoint(bundled_cub_checkpoints()[name])
     test_set = build_dataset("cub", "test", root=cub_root, transform=build_transform(card["input_size"], train=False))
     emb = extract_embeddings(model, test_set, precision="auto", engine="auto", progress=False)
     assert emb.plan.engine in COMPILED
@@ -199,4 +203,4 @@ def test_the_shipped_compact_checkpoint_reevaluates_on_the_engine_as_its_card_sa
     metrics = retrieval_metrics(emb.after, emb.labels)
     assert metrics["queries"] == 5924
     for key in ("recall@1", "map@r"):
-        assert metrics[key] == pytest.approx(card["metrics"][key], abs=0.003), key
+        assert metrics[key] == pytest.approx(card["metrics"][key], abs=margin), key

@@ -397,3 +397,27 @@ def test_fuzz_card_values(base_ckpt, tmp_path_factory, path, value):
         node[leaf] = value
     edit_card(folder, change)
     _load_or_one_sentence(folder)
+
+
+def test_half_precision_weights_must_be_what_the_card_says(ckpt, tmp_path):
+    """A card recording float16 storage with fp32 tensors (or the reverse, or an unknown storage dtype) is refused
+    in one sentence instead of being cast silently; an fp16 export whose values overflow is never written."""
+    tensors = load_file(str(ckpt / WEIGHTS))
+    save_file({k: v.half() for k, v in tensors.items()}, str(ckpt / WEIGHTS))
+    reseal(ckpt)
+    refused(ckpt, "do not fit")  # fp16 tensors, a card without weights_dtype
+    edit_card(ckpt, lambda c: c["files"].update({"weights_dtype": "float16"}))
+    load_checkpoint(ckpt)  # now they agree
+    edit_card(ckpt, lambda c: c["files"].update({"weights_dtype": "int8"}))
+    refused(ckpt, "weights_dtype")
+    save_file(tensors, str(ckpt / WEIGHTS))
+    reseal(ckpt)
+    edit_card(ckpt, lambda c: c["files"].update({"weights_dtype": "float16"}))
+    refused(ckpt, "not all float16")
+    model = build_model(model_config("paper", "dpp+pt", num_classes=3, input_size=64))
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).fill_(1e6)  # beyond float16's 65504
+    with pytest.raises(CheckpointError, match="float16 range"):
+        save_checkpoint(tmp_path / "big", model, classes=CLASSES, dataset={"name": "synthetic", "root": None},
+                        storage_dtype="float16")
+    assert not (tmp_path / "big" / "card.json").exists()

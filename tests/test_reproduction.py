@@ -172,3 +172,16 @@ def test_a_whitened_head_and_another_backbone_are_told_apart_in_labels_and_group
     lines = rep.comparison(rows, "Table 1", "cub", best_only=True)
     assert sorted((line["group"], line["ours R@1"]) for line in lines if line["group"]) == [
         ("compact · compact 224 px", 65.0), ("compact · compact 240 px · efficientnet_lite1", 35.8)]
+
+
+def test_short_profile_rows_say_how_long_they_trained(tmp_path):
+    """The short profile trains as long as a session allows (bench/ablation.py --epochs/--limit-batches), so two
+    of its rows of one preset differ in length: their labels say it; the fixed-length profiles' labels do not."""
+    short = dict(preset="paper", profile="short", input_size=224)
+    four = _record(**short, epochs=4, train_images_seen=2560)
+    one = _record(**short, epochs=1, train_images_seen=5856, machine="x86_64, NVIDIA H100 80GB HBM3")
+    quick = _record(epochs=4, train_images_seen=2560)
+    rows = rep.load_results(_write(tmp_path, [four, one, quick])).rows
+    assert rows[0].label.endswith("short 224 px, 4 epochs (2,560 images)")
+    assert "short 224 px, 1 epoch (5,856 images) · H100" in rows[1].label
+    assert "epoch" not in rows[2].label

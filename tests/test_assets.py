@@ -105,6 +105,9 @@ def test_checkpoint_card_summary_tells_a_bounded_dpp_from_the_published_one():
     crop = card_summary(load_card(demo_checkpoint_dir("frpt")))  # the compact crop prompt
     assert "saliency bound" not in crop and crop["prompt"].startswith("rigid crop")
     assert crop["prompt trained on"] == "class labels"
+    lite1 = card_summary(load_card(bundled_cub_checkpoints()[LITE1]))
+    assert lite1["head"].startswith("whitened (shrinkage 0.7") and lite1["weights stored as"].startswith("float16")
+    assert "head" not in bounded and "weights stored as" not in crop  # the plain CAH head, fp32 files
 
 
 def test_the_embedding_page_knows_when_before_and_after_the_head_are_one_map():

@@ -283,6 +283,12 @@ def card_summary(card: dict[str, Any], report: dict[str, dict[str, int]] | None 
         out["saliency bound"] = f"{bound:g}" if bound else "none (as published)"
     if model.get("views", "orig") != "orig":
         out["views"] = model["views"].replace(",", " + ")
+    if model.get("whitening"):  # a fitted projection, not counted among the learned parameters below
+        shrink = (card.get("compact") or {}).get("whitening_shrink")
+        out["head"] = "whitened" + (f" (shrinkage {shrink:g}, fitted on the training classes)" if shrink else "")
+    stored = (card.get("files") or {}).get("weights_dtype")
+    if stored:
+        out["weights stored as"] = f"{stored} (computed in fp32)"
     inference = card.get("inference") or {}
     if inference:  # the engine and precision that computed the card's test figures (frpt.engine)
         out["test figures computed on"] = f"{inference.get('engine')} {inference.get('precision')}"

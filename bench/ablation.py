@@ -247,7 +247,24 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
     rec["lr"] = card["train"]["lr"]
     rec["train_cpu_seconds"] = got.get("train_cpu_seconds")
     rec["checkpoint"] = str(ckpt)
+    if args.probe and variant in DPP_VARIANTS:
+        rec.update(probe_row(args, folder, ckpt))
     return rec
+
+
+def probe_row(args: argparse.Namespace, folder: Path, ckpt: Path) -> dict:
+    """bench/probe_checkpoint.py on a trained row (run once per checkpoint): the test split with the DPP replaced by
+    the identity warp and the trained head kept, and the CAH gate's statistics."""
+    cmd = [sys.executable, "bench/probe_checkpoint.py", "--checkpoint", str(ckpt), "--dataset", "cub",
+           "--root", args.root, "--threads", str(args.threads)]
+    done = cached(folder / "probe.json", show(cmd))
+    if done is None:
+        result, seconds = run_json(cmd, folder / "probe.log")
+        done = {"command": show(cmd), "result": result, "seconds": round(seconds, 1)}
+        (folder / "probe.json").write_text(json.dumps(done, indent=1))
+    result = done["result"]
+    return {"identity_warp": result.get("identity_warp"), "probe_command": done["command"],
+            **{k: v for k, v in result.items() if k.startswith("gate_")}}
 
 
 def compact_row(args: argparse.Namespace, variant: str) -> dict:
@@ -320,6 +337,12 @@ def merge(path: Path, new: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1) + "\n"))
 
 
+def identity_warp(r: dict) -> str:
+    """The probe's figures (the trained head kept, the DPP replaced by the identity warp), or "-"."""
+    probe = r.get("identity_warp")
+    return f"{100 * probe['recall@1']:.1f} / {100 * probe['map@r']:.1f}" if probe else "-"
+
+
 def dpp_of(r: dict) -> str:
     return r.get("dpp", "published") if r["variant"] in DPP_VARIANTS else "-"
 
@@ -341,6 +364,7 @@ def render(path: Path, profile: str, size: int) -> str:
     rows = [r for r in (json.loads(path.read_text()) if path.is_file() else [])
             if r.get("profile") == profile and r["input_size"] == size]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    probed = profile != "compact" and any(r.get("identity_warp") for r in rows)
     out = ["| preset | variant | DPP | R@1 | R@2 | R@4 | R@8 | MAP@R | learned params | train s | epochs | input | "
            "paper R50 R@1 (params) |", "|" + "---|" * 13]
     for preset in (("compact",) if profile == "compact" else ("paper", "official")):
@@ -357,9 +381,13 @@ def render(path: Path, profile: str, size: int) -> str:
                 out.append(f"| {label} | {variant} | {dpp_of(r)} | {pct(r['recall@1'])} | {pct(r['recall@2'])} | "
                            f"{pct(r['recall@4'])} | {pct(r['recall@8'])} | {pct(r['map@r'])} | "
                            f"{r['learned_params']:,} | {r['train_seconds']:.0f} | {r['epochs']} | {r['input_size']} | "
-                           f"{paper} |" + (f" {compact_notes(r)} |" if profile == "compact" else ""))
+                           f"{paper} |" + (f" {compact_notes(r)} |" if profile == "compact" else "")
+                           + (f" {identity_warp(r)} |" if probed else ""))
     if profile == "compact":
         out[0] += " notes |"
+        out[1] += "---|"
+    if probed:
+        out[0] += " identity warp R@1 / MAP@R |"
         out[1] += "---|"
     return "\n".join(out)
 
@@ -404,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                         "pass per row) instead of taking the metrics of frpt train's own final evaluation")
     p.add_argument("--finetune-epochs", type=int, default=2,
                    help="compact profile: epochs of the fine-tuning row (set to match the FRPT row's wall clock)")
+    p.add_argument("--probe", action="store_true",
+                   help="DPP rows: also the identity-warp probe (bench/probe_checkpoint.py), recorded in the row")
     p.add_argument("--whitening", action="store_true",
                    help="compact profile: rows with a head also whiten (frpt train --whitening), recorded beside "
                         "the plain rows")

@@ -6,7 +6,9 @@
    (the PT model), fp32 and bf16 autocast, channels_last, eval mode, interleaved.
 3. train_memory_format: an FRPT training step (gradients flow through the frozen backbone to the DPP, so it runs in
    torch, not on an inference engine) in the contiguous layout against channels-last, interleaved.
-4. retrieval: top-10 for 16 queries over 10k / 100k / 1M random unit vectors of the backbone's width:
+4. train_grad_checkpointing: the peak memory (and seconds a step) of an FRPT training step with and without
+   ``--grad-checkpointing``, each setting in a fresh process so that its peak resident memory is its own.
+5. retrieval: top-10 for 16 queries over 10k / 100k / 1M random unit vectors of the backbone's width:
    frpt.index.RetrievalIndex numpy path vs faiss IndexFlatIP vs plain numpy matmul + argpartition; ms/query.
 
 Inputs are random tensors, so no data loading is timed. Example:
@@ -87,6 +89,45 @@ def bench_train_memory_format(backbone: str, preset: str, batch: int, size: int,
     emit(bench="train_memory_format", preset=preset, backbone=backbone, batch=batch, input_size=size, steps=steps,
          contiguous_ms=median_ms(times["contiguous"]), channels_last_ms=median_ms(times["channels_last"]),
          speedup_channels_last=round(c / cl, 3))
+
+
+def _checkpointing_steps(backbone: str, preset: str, batch: int, size: int, steps: int, checkpointing: bool,
+                         threads: int) -> dict:
+    """In a fresh process: ``steps`` FRPT training steps; peak resident memory above the built model's."""
+    import resource
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = train_config(preset)
+    model = build_model(model_config(preset, "frpt", backbone=backbone, num_classes=100, input_size=size)).train()
+    opt = build_optimizer(model, cfg)
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 100, (batch,))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    with model.backbone.grad_checkpointing(checkpointing):
+        for _ in range(steps):
+            t = time.perf_counter()
+            loss = cross_entropy(model(x).logits, y, cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"step_s": round(statistics.median(times), 2), "model_mb": round(before / 1024),
+            "peak_above_model_mb": round((peak - before) / 1024), }
+
+
+def bench_train_grad_checkpointing(backbone: str, preset: str, batch: int, size: int, steps: int,
+                                   threads: int) -> None:
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        got = {c: pool.apply(_checkpointing_steps, (backbone, preset, batch, size, steps, c, threads))
+               for c in (False, True)}
+    emit(bench="train_grad_checkpointing", preset=preset, backbone=backbone, batch=batch, input_size=size,
+         steps=steps, without=got[False], with_checkpointing=got[True],
+         memory_ratio=round(got[False]["peak_above_model_mb"] / max(got[True]["peak_above_model_mb"], 1), 2),
+         time_ratio=round(got[True]["step_s"] / got[False]["step_s"], 2))
 
 
 @torch.no_grad()
@@ -173,7 +214,8 @@ def bench_retrieval(sizes: list[int], dim: int, queries: int, k: int, repeats: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", choices=("train", "train_memory_format", "embed", "retrieval"),
+    p.add_argument("--only", nargs="+",
+                   choices=("train", "train_memory_format", "train_grad_checkpointing", "embed", "retrieval"),
                    default=["train", "embed", "retrieval"])
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--presets", nargs="+", default=["paper", "official"])
@@ -196,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_train(args.backbone, preset, args.train_batch, args.input_size, args.warm, args.steps)
         if "train_memory_format" in args.only:
             bench_train_memory_format(args.backbone, preset, args.train_batch, args.input_size, args.warm, args.steps)
+        if "train_grad_checkpointing" in args.only:
+            bench_train_grad_checkpointing(args.backbone, preset, args.train_batch, args.input_size, args.steps,
+                                           args.threads)
         if "embed" in args.only:
             bench_embed(args.backbone, preset, args.embed_batch, args.input_size, args.warm, args.steps,
                         tuple(args.precisions))

@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         card = train(model, train_set, tcfg, args.out, classes=list(train_set.classes),
                      dataset_info=_dataset_info(args), test_set=test_set, resume=args.resume, device=args.device,
                      progress=not args.quiet, eval_batch_size=args.eval_batch_size, limit_batches=args.limit_batches,
-                     engine=args.engine)
+                     engine=args.engine, grad_checkpointing=args.grad_checkpointing)
     result = {"checkpoint": card["path"], "epoch": card["epoch"], **card["metrics"]}
     if distributed.is_main():
         from .gallery import gallery_file, load_gallery
@@ -327,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="log test R@1 every N epochs (0: only at the end)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--limit-batches", type=int, help="cap batches per epoch (smoke runs)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the backbone's activations in the backward pass: the same gradients in about half "
+                        "the memory, a slower step (the official preset's batch of 256 at 224 px needs ~21 GB "
+                        "without; the compact preset trains on cached maps and ignores it)")
     p.add_argument("--feature-cache", help="compact preset: folder of cached frozen feature maps, shareable between "
                                            "runs on the same data (default: <out>/features)")
     p.add_argument("--val-fraction", type=float, help="compact preset: share of the training classes held out "

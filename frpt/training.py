@@ -170,9 +170,12 @@ def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, rank: int = 0
 def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path, *, classes: list[str],
           dataset_info: dict[str, Any], test_set: Dataset | None = None, resume: bool = False,
           device: str | torch.device = "cpu", progress: bool = True, eval_batch_size: int = 64,
-          limit_batches: int | None = None, engine: str | None = None) -> dict[str, Any]:
+          limit_batches: int | None = None, engine: str | None = None,
+          grad_checkpointing: bool = False) -> dict[str, Any]:
     """Train ``model`` for ``cfg.epochs`` epochs, checkpointing into ``out_dir`` after each; returns the card.
     The test passes run without gradients on ``engine`` (:mod:`frpt.engine`); training itself runs in torch.
+    ``grad_checkpointing`` recomputes the backbone's activations in the backward pass (the same gradients, about
+    half the memory, a slower step): a memory setting recorded in the card, not part of the recipe.
 
     Under a process group (torchrun), every process calls this with the same arguments; see the module doc."""
     out_dir = Path(out_dir)
@@ -181,7 +184,7 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
     progress = progress and main
     cfg = fit_batch(cfg, len(train_set), world, say=main)
     # Card fields: how this run's epochs were computed (the train config's batch_size is the global batch).
-    parallel = {"world_size": world, "global_batch_size": cfg.batch_size}
+    parallel = {"world_size": world, "global_batch_size": cfg.batch_size, "grad_checkpointing": grad_checkpointing}
     test_pass = partial(_test_pass, model, test_set, eval_batch_size, device, cfg.workers or None, engine=engine)
     model.to(device)
     optimizer = build_optimizer(model, cfg)
@@ -224,54 +227,55 @@ def train(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: str | Path
         distributed.sync_batchnorm(model)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       forward_sync_buffers=False)  # BatchNorm buffers agree: global statistics
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        torch.manual_seed(_rank_seed(_epoch_seed(cfg, epoch), rank))
-        loader = epoch_loader(train_set, cfg, epoch, rank, world)
-        # Gradients flow through the backbone here (the DPP), so this is torch, not an inference engine. Contiguous:
-        # channels-last was 1.16x / 1.28x faster a step (bench_speed.py --only train_memory_format) but its kernels
-        # round batches of 4 and 8 differently enough that one process and two no longer train alike (1e-3 in the
-        # loss; tests/test_distributed.py), so it is not used here.
-        model.train()
-        total, seen, lr = 0.0, 0, cfg.lr
-        bar = tqdm(itertools.islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   unit="batch")
-        for step, (images, targets, _) in enumerate(bar):
-            lr = lr_at(cfg, epoch, epoch * iters_per_epoch + step, iters_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            images, targets = images.to(device), targets.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(images).logits
-            loss = cross_entropy(logits, targets, cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:  # released code: each parameter's gradient clipped to L2 norm <= 5 separately
-                scaler.unscale_(optimizer)
-                for p in model.parameters():
-                    if p.grad is not None:
-                        torch.nn.utils.clip_grad_norm_([p], cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.item() * len(targets)
-            seen += len(targets)
-            bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}")
-        total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
-        done = epoch + 1
-        metrics: dict[str, Any] = {}
-        test_emb = None
-        last = done == cfg.epochs
-        if last or (cfg.eval_every and done % cfg.eval_every == 0):
-            metrics, test_emb = test_pass(progress=False)
-        rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
-                     "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
-        if main:
-            _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
-            save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
-                            metrics=metrics, train_state=_optimizer_tensors(model, optimizer),
-                            extra={**parallel, **inference_record(test_emb)})
-            if last:
-                store_test_gallery(out_dir, test_set, dataset_info, test_emb)
+    with model.backbone.grad_checkpointing(grad_checkpointing):
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            torch.manual_seed(_rank_seed(_epoch_seed(cfg, epoch), rank))
+            loader = epoch_loader(train_set, cfg, epoch, rank, world)
+            # Gradients flow through the backbone here (the DPP), so this is torch, not an inference engine. Contiguous:
+            # channels-last was 1.16x / 1.28x faster a step (bench_speed.py --only train_memory_format) but its kernels
+            # round batches of 4 and 8 differently enough that one process and two no longer train alike (1e-3 in the
+            # loss; tests/test_distributed.py), so it is not used here.
+            model.train()
+            total, seen, lr = 0.0, 0, cfg.lr
+            bar = tqdm(itertools.islice(loader, iters_per_epoch), total=iters_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       unit="batch")
+            for step, (images, targets, _) in enumerate(bar):
+                lr = lr_at(cfg, epoch, epoch * iters_per_epoch + step, iters_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_scale"]
+                images, targets = images.to(device), targets.to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = net(images).logits
+                loss = cross_entropy(logits, targets, cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:  # released code: each parameter's gradient clipped to L2 norm <= 5 separately
+                    scaler.unscale_(optimizer)
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            torch.nn.utils.clip_grad_norm_([p], cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.item() * len(targets)
+                seen += len(targets)
+                bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{lr:.2e}")
+            total, seen = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64)).tolist()
+            done = epoch + 1
+            metrics: dict[str, Any] = {}
+            test_emb = None
+            last = done == cfg.epochs
+            if last or (cfg.eval_every and done % cfg.eval_every == 0):
+                metrics, test_emb = test_pass(progress=False)
+            rows.append({"epoch": done, "train_loss": round(total / max(seen, 1), 6), "lr": lr,
+                         "recall@1": metrics.get("recall@1", ""), "seconds": round(time.perf_counter() - started, 3)})
+            if main:
+                _write_log(out_dir, rows)  # before the card: a resume drops log rows past the card's epoch
+                save_checkpoint(out_dir, model, classes=classes, dataset=dataset_info, train=cfg, epoch=done,
+                                metrics=metrics, train_state=_optimizer_tensors(model, optimizer),
+                                extra={**parallel, **inference_record(test_emb)})
+                if last:
+                    store_test_gallery(out_dir, test_set, dataset_info, test_emb)
     return distributed.broadcast_object(load_card(out_dir) if main else None)  # rank 0's card, on every process
 
 

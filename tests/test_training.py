@@ -36,3 +36,28 @@ def test_short_paper_training_logs_learns_the_dpp_and_leaves_the_backbone_untouc
     assert not torch.equal(model.prompt.conv.weight, prompt_before)  # the DPP learned
     for key, value in model.backbone.state_dict().items():  # weights and BN statistics of the frozen backbone
         assert torch.equal(value, backbone_before[key]), key
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_gradient_checkpointing_trains_the_same_weights_and_is_recorded(tmp_path, preset):
+    """`--grad-checkpointing` (what lets the official preset's batch of 256 at 224 px fit a CPU's memory,
+    bench/RESULTS.md) recomputes the frozen backbone's activations instead of keeping them: the same gradients
+    reach the DPP and the head, so two steps give the same learned weights as without it (to float rounding of
+    the recomputation), the card says it ran, and the backbone is left as it was."""
+    train_set = build_dataset("synthetic", "train", transform=build_transform(SIZE, train=True), **SYNTHETIC)
+    learned = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(model_config(preset, "frpt", num_classes=len(train_set.classes), input_size=SIZE))
+        initial = {k: v.clone() for k, v in model.learned_state_dict().items() if k.startswith("prompt.")}
+        cfg = train_config(preset, epochs=1, lr=0.05, batch_size=16)
+        card = train(model, train_set, cfg, tmp_path / str(checkpointing), classes=list(train_set.classes),
+                     dataset_info={"name": "synthetic"}, progress=False, limit_batches=2,
+                     grad_checkpointing=checkpointing)
+        assert card["grad_checkpointing"] is checkpointing
+        assert not model.backbone.model.grad_checkpointing  # switched off again after training
+        learned[checkpointing] = model.learned_state_dict()
+        # the DPP learned through the backbone (checkpointing must not cut that path)
+        assert any(not torch.equal(learned[checkpointing][k], v) for k, v in initial.items())
+    for key, value in learned[False].items():
+        assert torch.allclose(learned[True][key], value, rtol=1e-4, atol=1e-6), key

@@ -7,9 +7,11 @@ weights file (``--backbone-weights``); nothing is ever downloaded and nothing is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,25 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode and not self.frozen)
         return self
+
+    @contextlib.contextmanager
+    def grad_checkpointing(self, enable: bool = True) -> Iterator[None]:
+        """For the duration, recompute the network's activations in the backward pass instead of keeping them
+        (timm's ``set_grad_checkpointing``): the same gradients for about half the memory and one more forward
+        pass, for training with gradients through the backbone (the DPP, fine-tuning) at batch sizes a CPU's memory
+        cannot otherwise hold (the official preset's 256 at 224 px). ``enable`` False: nothing changes."""
+        if not enable:
+            yield
+            return
+        try:
+            self.model.set_grad_checkpointing(True)
+        except (AssertionError, NotImplementedError, AttributeError):
+            raise ConfigError(f"Backbone {self.name} does not support gradient checkpointing; train without "
+                              "--grad-checkpointing.") from None
+        try:
+            yield
+        finally:
+            self.model.set_grad_checkpointing(False)
 
     def stage_index(self, stride: int) -> int:
         """Index (for ``forward_intermediates``) of the last stage whose output has the given stride."""

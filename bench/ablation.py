@@ -219,6 +219,8 @@ def trained_row(args: argparse.Namespace, prof: dict, preset: str, variant: str,
             train += [flag, str(prof[key])]
     if prof["lr"][preset] is not None:
         train += ["--lr", str(prof["lr"][preset])]
+    if args.grad_checkpointing:
+        train += ["--grad-checkpointing"]
     got = run_train(train, folder, ckpt)
     card = json.loads((ckpt / "card.json").read_text())
     if not args.separate_eval:
@@ -432,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                         "pass per row) instead of taking the metrics of frpt train's own final evaluation")
     p.add_argument("--finetune-epochs", type=int, default=2,
                    help="compact profile: epochs of the fine-tuning row (set to match the FRPT row's wall clock)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="trained rows: frpt train --grad-checkpointing (about half the memory, a slower step)")
     p.add_argument("--probe", action="store_true",
                    help="DPP rows: also the identity-warp probe (bench/probe_checkpoint.py), recorded in the row")
     p.add_argument("--whitening", action="store_true",

@@ -70,6 +70,7 @@ def cache_key(model: FRPT, dataset: Dataset, view: str) -> dict[str, object]:
         key["prompt"] = tensor_digest(dict(model.prompt.state_dict()))
         key["crop"] = [model.config.crop_std_scale, model.config.crop_margin, model.config.crop_min_half,
                        model.config.crop_max_half]
+        key["crop_geometry"] = "fp32"  # crops cached before the box and grid were fp32 under autocast differ
     return key
 
 
@@ -83,8 +84,8 @@ def _view_folder(root: Path, split: str, view: str, key: dict[str, object]) -> P
         except (OSError, ValueError):
             stored = None
         if stored != key:
-            raise CheckpointError(f"Feature cache {folder} was built for another backbone, input size or image "
-                                  "list; delete it or pass another --feature-cache folder.")
+            raise CheckpointError(f"Feature cache {folder} was built for another backbone, input size, image list "
+                                  "or crop prompt version; delete it or pass another --feature-cache folder.")
     else:
         atomic_write_text(key_file, json.dumps(key, indent=1))
     return folder

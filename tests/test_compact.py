@@ -64,6 +64,23 @@ def test_box_is_clamped_inside_the_image_and_the_crop_is_differentiable_in_the_s
     assert prompt.conv.weight.grad is not None and prompt.conv.weight.grad.abs().sum() > 0
 
 
+def test_the_crop_is_the_same_under_bf16_autocast_as_in_fp32():
+    """The feature cache runs the model under bf16 autocast, a compiled engine's queries run the prompt in fp32:
+    both must embed the same crop. A bf16 box and sampling grid (8 mantissa bits) jitter the crop's sample points
+    by up to a pixel; computed in fp32 whatever the autocast, the crop matches to float rounding."""
+    torch.manual_seed(0)
+    prompt = CropPrompt(16)
+    features = 0.05 * torch.rand(4, 16, 9, 9)
+    features[:, :, 2:6, 3:8] += torch.rand(4, 16, 4, 5)  # an off-centre blob: a box inside the clamps
+    image = torch.rand(4, 3, 288, 288)
+    exact = prompt(image, features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = prompt(image, features)
+    assert auto.warped.dtype == torch.float32 and auto.grid.dtype == torch.float32
+    assert (prompt.box(auto.saliency) - prompt.box(exact.saliency)).abs().max() < 1e-6
+    assert (auto.warped - exact.warped).abs().max() < 1e-5
+
+
 def test_validation_split_holds_out_whole_training_classes():
     labels = np.repeat(np.arange(10), 5)
     fit, val = validation_split(labels, 0.2)

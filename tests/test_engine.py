@@ -198,7 +198,6 @@ def test_the_shipped_compact_checkpoint_reevaluates_on_the_engine_as_its_card_sa
     compact-frpt-288 was trained after the crop's geometry became fp32 under autocast (its cached crops are the live
     ones): card 67.98 / 23.83, live on OpenVINO bf16 the same to 1e-6; the older lite0 288 px checkpoint moved by
     0.2 R@1 and 0.05 MAP@R between bf16 and f32 inference (the AVX2 machines' path)."""
-
     model, card = load_checkpoint(bundled_cub_checkpoints()[name])
     test_set = build_dataset("cub", "test", root=cub_root, transform=build_transform(card["input_size"], train=False))
     emb = extract_embeddings(model, test_set, precision="auto", engine="auto", progress=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_hook(args: argparse.Namespace, total: int):
+    """``--status-file``: a callback writing the images done (at most twice a second, and the last one), or None.
+    The app's background jobs (frpt.jobs) read it for their progress and time estimate."""
+    if not getattr(args, "status_file", None):
+        return None
+    from .jobs import write_status
+
+    last = [0.0]
+
+    def hook(done: int, *_: object) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5 or done >= total:
+            last[0] = now
+            write_status(args.status_file, done, total)
+
+    return hook
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .gallery import gallery_embeddings
@@ -200,8 +220,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     dataset = _dataset(args, args.split, card["input_size"])
     gallery = gallery_embeddings(model, card, dataset, root=args.root, batch_size=args.batch_size or 64,
                                  precision=args.precision, engine=args.engine, progress=not args.quiet,
-                                 recompute=args.recompute,
-                                 device=args.device, shard_size=args.shard_size)
+                                 recompute=args.recompute, device=args.device, shard_size=args.shard_size,
+                                 on_images=_status_hook(args, len(dataset)))
     result: dict[str, Any] = {"gallery": str(gallery.path), "images": len(gallery.ids), "skipped": len(gallery.skipped),
                               "engine": gallery.engine, "precision": gallery.precision}
     if gallery.skipped and distributed.is_main():
@@ -280,7 +300,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     dataset = _dataset(args, "test", card["input_size"])
     result = run_sweep(model, dataset, settings, batch_size=args.batch_size or 64, precision=args.precision,
                        engine=args.engine, device=args.device, workers=args.workers,
-                       feature_cache=args.feature_cache, progress=not args.quiet)
+                       feature_cache=args.feature_cache, progress=not args.quiet,
+                       on_progress=_status_hook(args, len(dataset)))
     path = save_sweep(sweep_file(card, dataset, args.root), result, card)
     for setting in result.settings:
         _emit(setting.line())
@@ -362,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024,
                    help="images per shard; a killed run resumes after its last finished shard")
     p.add_argument("--no-umap", action="store_true")
+    p.add_argument("--status-file", help="write the images done as JSON here while embedding (the app's jobs)")
     p.add_argument("--index", action="store_true",
                    help="also build the search index frpt.index chooses for the gallery's size (exact up to 100k "
                         "rows, then HNSW or IVF; exact in GPU memory with --device cuda) and save it beside the "
@@ -388,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop prompt: the learned box's size times these (default 0.6 0.8 1.25 1.6)")
     p.add_argument("--feature-cache", help="crop prompt: the compact preset's feature cache folder (frpt train "
                                            "--feature-cache); its test maps are reused and completed")
+    p.add_argument("--status-file", help="write the images done as JSON here while sweeping (the app's jobs)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: none; "
                    "a thread decodes beside the engine)")
     p.set_defaults(func=cmd_sweep)
@@ -428,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info" and not args.checkpoint and not args.preset:
         args.preset = "paper"
     try:
+        if os.environ.get("FRPT_JOB_PARENT"):  # frpt.jobs.PARENT_ENV: a background job of the app
+            from .jobs import bind_to_parent
+
+            bind_to_parent()  # ends with the server that started it
         _check_launch(args)
         with distributed.session(getattr(args, "device", "cpu")):
             if distributed.is_distributed() and hasattr(args, "device"):

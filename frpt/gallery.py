@@ -5,11 +5,16 @@ holding the embeddings before and after the head, the labels, the sample ids and
 they could not be decoded. The key hashes the checkpoint's weights sha256, the dataset and its root, so a retrained
 checkpoint or another dataset never reuses stale vectors.
 
-A large folder takes hours, so the work is cut into fixed-size shards: each finished shard is written atomically
-into ``<gallery>.parts/`` and recorded in ``<gallery>.manifest.json`` (the commit point, keyed by the weights, the
+A large folder takes hours, so the work is cut into shards: each finished shard is written atomically into
+``<gallery>.parts/`` and recorded in ``<gallery>.manifest.json`` (the commit point, keyed by the weights, the
 precision and the dataset listing), and a killed run continues with the shards it had not finished. Once all are
-done the gallery file is assembled from them, the parts are removed, and the manifest stays as the record of the
-skipped images. Under ``torchrun`` the processes embed one shard each per round and rank 0 writes.
+done the gallery file is assembled from them in dataset order, the parts are removed, and the manifest stays as the
+record of the skipped images. Under ``torchrun`` the processes embed one shard each per round and rank 0 writes.
+
+The split is embedded in a class-stratified order (:func:`embedding_order`: any prefix holds every class in
+proportion) with a small first shard that doubles up to the shard size (:func:`shard_bounds`), so the committed
+shards are a usable gallery early: :func:`partial_gallery` reads them while the run goes on (the app's pages work on
+it, issue 27).
 
 Two runs on one gallery (two app sessions, or the app beside ``frpt embed``) never interleave: the first holds a
 file lock beside the gallery while it works, and the second waits for it and then reads what it wrote.
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -45,6 +49,8 @@ from .index import IndexSpec, RetrievalIndex, row_norms
 from .models import FRPT, file_sha256
 
 SHARD_SIZE = 1024
+FIRST_SHARD = 256  # the first shard's images: a usable (stratified) gallery within seconds of the start
+ORDER = "class-stratified-v1"  # recorded in the manifest key: another order is another run
 MANIFEST_FORMAT = "frpt-gallery-parts"
 MANIFEST_VERSION = 1
 
@@ -64,10 +70,32 @@ class Gallery:
     # from before this was recorded; the engine then was torch)
     precision: str | None = None
     engine: str | None = None
+    # images in the split; None: this gallery covers the whole split. A partial gallery (:func:`partial_gallery`)
+    # holds the rows embedded so far, and its figures are never the checkpoint's
+    total: int | None = None
 
     def __post_init__(self) -> None:
         if self.indices is None:
             self.indices = np.arange(len(self.ids), dtype=np.int64)
+
+    @property
+    def complete(self) -> bool:
+        return self.total is None or len(self.ids) + len(self.skipped) >= self.total
+
+    @property
+    def done(self) -> int:
+        """Images of the split accounted for: embedded rows and skipped images."""
+        return len(self.ids) + len(self.skipped)
+
+    def subset(self, indices: np.ndarray) -> Gallery:
+        """The rows holding dataset images ``indices`` (each must have a row), in ascending dataset order: two
+        partial galleries restricted to the images both hold compare row by row."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        rows = np.searchsorted(self.indices, indices)
+        emb = Embeddings(np.asarray(self.embeddings.before)[rows], np.asarray(self.embeddings.after)[rows],
+                         np.asarray(self.embeddings.labels)[rows], self.embeddings.plan)
+        return Gallery(emb, [self.ids[r] for r in rows], self.classes, self.path, self.skipped, indices,
+                       self.precision, self.engine, self.total if self.total is not None else len(self.ids))
 
     @cached_property
     def after_norms(self) -> np.ndarray:
@@ -117,17 +145,128 @@ def load_gallery(path: Path) -> Gallery | None:
         return None  # damaged cache: recompute
 
 
+def _committed(card: dict[str, Any], dataset: RetrievalDataset, path: Path) -> dict[str, Any] | None:
+    """The manifest of an unfinished run on these weights and this split, or None."""
+    data = _read_json(manifest_file(path))
+    if not data or data.get("format") != MANIFEST_FORMAT or data.get("complete"):
+        return None
+    key = data.get("key") or {}
+    if key.get("weights_sha256") != card["files"].get("weights_sha256") or key.get("images") != len(dataset):
+        return None
+    return data
+
+
+def gallery_progress(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None) -> int:
+    """Images of the split a page can use now (:func:`partial_gallery`'s ``ready``): all of them once the gallery is
+    stored, else the images of the leading shards a run has committed. Only the manifest is read: cheap to poll."""
+    path = gallery_file(card, dataset, root)
+    if path.is_file():
+        return len(dataset)
+    data = _committed(card, dataset, path)
+    if data is None:
+        return 0
+    key = data["key"]
+    ready = 0
+    for k, (_, end) in enumerate(shard_bounds(len(dataset), key["shard_size"], key.get("first_shard", FIRST_SHARD))):
+        if str(k) not in data["shards"]:
+            break
+        ready = end
+    return ready
+
+
+def _prefix(dataset: RetrievalDataset, ready: int) -> np.ndarray:
+    """Dataset indices of the first ``ready`` images of the embedding order, ascending."""
+    return np.sort(embedding_order([y for _, y in dataset.samples])[:ready])
+
+
+def partial_gallery(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None,
+                    ready: int | None = None) -> Gallery | None:
+    """The split's gallery as far as it is embedded: the stored file once complete, else the rows of the leading
+    shards a run has committed (ascending dataset order, ``total`` set: a partial gallery, whose figures are never
+    the checkpoint's), or None when no row is ready.
+
+    ``ready`` pins a snapshot: the first ``ready`` images of the embedding order (a shard boundary, a partial
+    gallery's :attr:`Gallery.done`), the same rows whether the run has gone further or finished since, so that every
+    figure of one page is computed on one set of rows. Read without the run's lock: a shard file is whole before
+    the manifest names it, and a shard removed by the run's assembly meanwhile means the complete file is there on
+    the second look."""
+    path = gallery_file(card, dataset, root)
+    for _ in range(2):
+        stored = load_gallery(path)
+        if stored is not None and stored.done == len(dataset):
+            if ready is None or ready >= len(dataset):
+                return stored
+            prefix = _prefix(dataset, ready)
+            part = stored.subset(np.intersect1d(prefix, stored.indices))
+            ids = {dataset.samples[i][0] for i in prefix}
+            part.skipped, part.total = [s for s in stored.skipped if s in ids], len(dataset)
+            return part
+        data = _committed(card, dataset, path)
+        if data is None:
+            continue
+        key = data["key"]
+        bounds = shard_bounds(len(dataset), key["shard_size"], key.get("first_shard", FIRST_SHARD))
+        leading = 0
+        while (leading < len(bounds) and str(leading) in data["shards"]
+               and (ready is None or bounds[leading][1] <= ready)):
+            leading += 1
+        records = [data["shards"][str(k)] for k in range(leading)]
+        try:
+            blocks = []
+            for k, rec in enumerate(records):
+                if rec.get("rows"):
+                    with np.load(_parts_dir(path) / _shard_name(k), allow_pickle=False) as shard:
+                        blocks.append({name: shard[name] for name in ("before", "after", "labels", "indices")})
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            continue  # assembled (or restarted) between the two reads
+        if not blocks:
+            return None
+        skipped = sorted((s for r in records for s in r.get("skipped", [])), key=lambda s: s["index"])
+        indices = np.concatenate([b["indices"] for b in blocks])
+        order = np.argsort(indices, kind="stable")
+        cat = {name: np.concatenate([b[name] for b in blocks])[order] for name in ("before", "after", "labels")}
+        plan_ = Plan(key["engine"], key["precision"])
+        return Gallery(Embeddings(cat["before"], cat["after"], cat["labels"], plan_),
+                       [dataset.samples[i][0] for i in indices[order]], list(dataset.classes), path,
+                       [s["id"] for s in skipped], indices[order], plan_.precision, plan_.engine, len(dataset))
+    return None
+
+
 def _run_key(card: dict[str, Any], dataset: RetrievalDataset, plan_: Plan, shard_size: int) -> dict[str, Any]:
     """What the shards of a run depend on; a manifest with another key is a different run and starts over."""
     listing = json.dumps({"classes": list(dataset.classes), "samples": [[s, int(y)] for s, y in dataset.samples]},
                          ensure_ascii=True)
     return {"weights_sha256": card["files"].get("weights_sha256"), "input_size": card["input_size"],
             "dataset": dataset.name, "split": dataset.split, "images": len(dataset), "shard_size": shard_size,
-            **plan_.as_dict(), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+            "first_shard": FIRST_SHARD, "order": ORDER, **plan_.as_dict(), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def _shard_name(k: int) -> str:
     return f"shard-{k:05d}.npz"
+
+
+def embedding_order(labels: np.ndarray | list[int], seed: int = 0) -> np.ndarray:
+    """Dataset indices in a class-stratified order: each class's images in a seeded shuffle, interleaved so that
+    any prefix holds every class in proportion to its size (image j of a class of n sits at (j + u) / n, u a
+    per-class offset in [0, 1)). A partial gallery is then a fair sample of the split, not its first classes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(labels), dtype=np.float64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keys[rng.permutation(members)] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.lexsort((np.arange(len(labels)), keys))
+
+
+def shard_bounds(n: int, shard_size: int = SHARD_SIZE, first: int = FIRST_SHARD) -> list[tuple[int, int]]:
+    """Positions (start, end) in :func:`embedding_order` of each shard: the first ``min(first, shard_size)``
+    images, then doubling up to ``shard_size``. The first rows land in seconds; later shards amortise the
+    commit."""
+    bounds, start, size = [], 0, max(1, min(first, shard_size))
+    while start < n:
+        bounds.append((start, min(n, start + size)))
+        start, size = start + size, min(shard_size, 2 * size)
+    return bounds
 
 
 class _Manifest:
@@ -170,8 +309,9 @@ class _Manifest:
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
 
     def assemble(self, dataset: RetrievalDataset, gallery: Path, count: int) -> None:
-        """The gallery file from the shards in order, then the manifest marked complete and the parts removed.
-        Shards are mapped and copied a block at a time: a million-row gallery never sits in memory twice."""
+        """The gallery file from the shards, rows in dataset order, then the manifest marked complete and the parts
+        removed. Shards are mapped and their rows scattered into a mapped scratch array one shard at a time: a
+        million-row gallery never sits in memory (issue 10)."""
         blocks, skipped = [], []
         for k in range(count):
             if self.data["shards"][str(k)]["rows"]:
@@ -182,11 +322,29 @@ class _Manifest:
             raise DatasetError(f"None of the {len(dataset)} images of the {dataset.name} {dataset.split} split could "
                                f"be read ({first.rstrip('.')}); check the dataset folder.")
         key = self.data["key"]
-        _write_gallery(gallery, dataset, blocks, [s["id"] for s in skipped], Plan(key["engine"], key["precision"]))
+        skipped.sort(key=lambda s: s["index"])
+        _write_gallery(gallery, dataset, [self._in_dataset_order(blocks)], [s["id"] for s in skipped],
+                       Plan(key["engine"], key["precision"]))
         del blocks  # unmap the shards before removing them
         self.data.update(complete=True, skipped=skipped, shards={})
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
         shutil.rmtree(self.parts, ignore_errors=True)
+
+    def _in_dataset_order(self, blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The shards' rows (embedding order) as one block in ascending dataset index, in mapped scratch files."""
+        indices = np.concatenate([np.asarray(b["indices"]) for b in blocks])
+        position = np.empty(len(indices), dtype=np.int64)
+        position[np.argsort(indices, kind="stable")] = np.arange(len(indices))
+        out = {}
+        for name in ("before", "after", "labels", "indices"):
+            first = blocks[0][name]
+            out[name] = np.lib.format.open_memmap(self.parts / f"sorted-{name}.npy", mode="w+", dtype=first.dtype,
+                                                  shape=(len(indices), *first.shape[1:]))
+            start = 0
+            for b in blocks:
+                out[name][position[start:start + len(b[name])]] = np.asarray(b[name])
+                start += len(b[name])
+        return out
 
 
 def _write_gallery(path: Path, dataset: RetrievalDataset, blocks: list[dict[str, np.ndarray]],
@@ -326,11 +484,13 @@ def _gallery_locked(model: FRPT, card: dict[str, Any], dataset: RetrievalDataset
     key = _run_key(card, dataset, plan_, shard_size)
     manifest = _Manifest(path, key, restart=recompute) if main else None
     done = distributed.broadcast_object(manifest.finished() if manifest else None)
-    count = math.ceil(len(dataset) / shard_size)
+    order = embedding_order([y for _, y in dataset.samples])
+    bounds = shard_bounds(len(dataset), shard_size)
+    count = len(bounds)
     pending = [k for k in range(count) if k not in done]
 
-    def rows(k: int) -> range:
-        return range(k * shard_size, min(len(dataset), (k + 1) * shard_size))
+    def rows(k: int) -> list[int]:
+        return order[bounds[k][0]:bounds[k][1]].tolist()
 
     bar = tqdm(total=sum(len(rows(k)) for k in pending), unit="img", disable=not (progress and main),
                desc=f"gallery {dataset.name}/{dataset.split}")

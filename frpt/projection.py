@@ -146,9 +146,11 @@ def load_gallery_map(path: Path, n_gallery: int) -> GalleryMap | None:
 
 def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int = 0, recompute: bool = False,
                  progress: Callable[[float, str], None] | None = None) -> GalleryMap:
-    """Load or compute (and store atomically) the UMAP of ``gallery`` before and after the head."""
+    """Load or compute (and store atomically) the UMAP of ``gallery`` before and after the head. A partial gallery's
+    map (:func:`frpt.gallery.partial_gallery`, still being embedded) is computed and returned, never stored: it is
+    not the checkpoint's."""
     path = umap_file(gallery, max_points, seed)
-    cached = None if recompute else load_gallery_map(path, len(gallery.ids))
+    cached = None if recompute or not gallery.complete else load_gallery_map(path, len(gallery.ids))
     if cached is not None:
         return cached
     report = progress or (lambda fraction, text: None)
@@ -162,7 +164,8 @@ def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int =
         with open(tmp, "wb") as fh:
             np.savez(fh, indices=idx, before=before, after=after)
 
-    atomic_write(path, write)
+    if gallery.complete:
+        atomic_write(path, write)
     report(1.0, "done")
     return GalleryMap(idx, before, after, path)
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 from frpt import sweep, viz
 from frpt import warp_gallery as wg
-from frpt.ui import cache, download_png, logic, pick_image, sidebar
+from frpt.ui import background, cache, download_png, logic, pick_image, sidebar
 from frpt.ui.prompt_edit import action_button, change_text, prompt_editor, prompt_views, query_vectors, show_query
 from frpt.whatif import what_if
 
@@ -29,17 +29,13 @@ st.caption("Edit the learned prompt; the model embeds the query with the edited 
            "AP is over the full ranking (the query itself left out).")
 edit, k = prompt_editor(words.kind)
 learned_view, edited_view = prompt_views(ctx, query, None), prompt_views(ctx, query, edit)
-n_test = len(ctx.test_set())
-ranked = cache.gallery_stored(ctx.checkpoint, ctx.dataset, ctx.root) or n_test <= logic.AUTO_EMBED_MAX
-if not ranked:
-    st.info(f"Ranking needs the {n_test:,} test images embedded once (minutes on a CPU; stored beside the "
-            f"checkpoint). Before a demo: `{logic.embed_command(ctx.checkpoint, ctx.dataset, ctx.root)}`.")
-    if action_button("Embed the test gallery now", "prompt.embed", icon=":material/play_arrow:"):
-        ctx.gallery()  # with a progress bar; then the page runs again without this note
-        st.rerun()
+gallery = ctx.gallery()  # what is embedded so far; its background job starts with the checkpoint's choice
+if gallery is None:
+    background.waiting_note(ctx.checkpoint, ctx.dataset, ctx.root)
+elif not gallery.complete:
+    background.partial_note(gallery, ctx.checkpoint, ctx.dataset, ctx.root)
 rows = ()
-if ranked:
-    gallery = ctx.gallery()
+if gallery is not None:
     labels = gallery.embeddings.labels
     row = gallery.row_of(query.index) if query.index is not None else None
     result = what_if(query_vectors(ctx, query, gallery, edit), edit, gallery.embeddings.after, labels, k,
@@ -96,11 +92,16 @@ with d2:
 
 st.subheader("Over the test split: the prompt's strength")
 curve = cache.prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)
-if curve is None:
+sweeping = cache.sweep_job(ctx.checkpoint, ctx.dataset, ctx.root)
+if curve is None and sweeping is not None and sweeping.active:
+    background.job_note(sweeping, "The sweep runs in the background; its curve appears here when it is done.")
+elif curve is None:
+    if sweeping is not None and sweeping.state == "failed":
+        st.error(f"The sweep failed: {sweeping.error}")
     st.info("The sweep is not stored yet: it embeds every test image under each prompt setting (minutes on a CPU "
             f"for a large split). Before a demo: `{logic.sweep_command(ctx.checkpoint, ctx.dataset, ctx.root)}`.")
     if action_button("Compute the sweep now", "prompt.sweep.compute", icon=":material/play_arrow:"):
-        cache.compute_prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)  # with a progress bar
+        cache.compute_prompt_sweep(ctx.checkpoint, ctx.dataset, ctx.root)  # a bar, or a background job
         st.rerun()
 if curve is not None:
     figures = logic.sweep_figures(curve)

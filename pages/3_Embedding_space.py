@@ -18,7 +18,10 @@ st.caption("UMAP (cosine) of the test split: pooled backbone features of the (wa
            "hover labels cannot show pictures, so click a point (or draw a box or lasso from the map's toolbar) to "
            "see its image beside the maps.")
 
-gallery = ctx.gallery()
+gallery = ctx.ready_gallery()  # the whole split, or what is embedded so far (a note says so)
+ready = None if gallery.complete else gallery.done  # every figure below is of this one snapshot
+if st.session_state.get("emb.snapshot") != (ctx.checkpoint, ready):  # selected rows were of another snapshot
+    st.session_state["emb.snapshot"], st.session_state["emb.selected"] = (ctx.checkpoint, ready), []
 n, labels = len(gallery.ids), gallery.embeddings.labels
 BEFORE_AFTER, CHECKPOINTS = "Before / after the head", "Against another checkpoint"
 mode_col, points_col, colour_col = st.columns([2, 3, 2])
@@ -28,6 +31,8 @@ with mode_col:
     st.radio("Maps", [BEFORE_AFTER, CHECKPOINTS], **widget_args("emb.mode"))
 with points_col:
     steps = [k for k in (500, 1000, DEFAULT_MAP_POINTS, 5000, 10000) if k < n] + [n]
+    if st.session_state.get("emb.points") not in steps:  # a partial gallery grew: its old size is no option
+        st.session_state.pop("emb.points", None)
     limit = n if len(steps) == 1 else st.select_slider("Points (random subsample)", steps, value=min(n, DEFAULT_MAP_POINTS),
                                                        key="emb.points")
 with colour_col:
@@ -47,10 +52,10 @@ if same_map and mode == BEFORE_AFTER:
             "compare against another checkpoint (for example PT) to see what its prompt does.")
 
 # Panels: (key, title, checkpoint, which embedding, 2-D coordinates).
-coords = cache.gallery_map(ctx.checkpoint, ctx.dataset, ctx.root, max_points)
+coords = cache.gallery_map(ctx.checkpoint, ctx.dataset, ctx.root, max_points, ready)
 here = display_name(ctx, ctx.checkpoint)
-panels = [("before", f"{here}: before the head", ctx.checkpoint, "before", coords.before),
-          ("after", f"{here}: after the head", ctx.checkpoint, "after", coords.after)]
+panels = [("before", f"{here}: before the head", ctx.checkpoint, "before", coords.before, ready),
+          ("after", f"{here}: after the head", ctx.checkpoint, "after", coords.after, ready)]
 if mode == CHECKPOINTS:
     choices = checkpoint_choices(ctx)
     with st.columns([1, 2])[0]:
@@ -58,8 +63,13 @@ if mode == CHECKPOINTS:
     if other is None:
         st.stop()
     try:
-        other_gallery = cache.gallery(other, ctx.dataset, ctx.root)
-        cache.gallery_map(other, ctx.dataset, ctx.root, max_points)
+        # the other checkpoint's snapshot of the same images (both galleries embed in one stratified order)
+        other_gallery = cache.gallery(other, ctx.dataset, ctx.root, ready)
+        if other_gallery is None or other_gallery.done < gallery.done:
+            st.info(f"{display_name(ctx, other)}'s gallery has fewer of these {gallery.done:,} images embedded so "
+                    "far; the comparison appears when it catches up (it is being embedded in the background).")
+            st.stop()
+        cache.gallery_map(other, ctx.dataset, ctx.root, max_points, ready)
     except FRPTError as exc:
         st.error(str(exc))
         st.stop()
@@ -68,8 +78,8 @@ if mode == CHECKPOINTS:
         st.error(mismatch)
         st.stop()
     other_xy = cache.aligned_after(other, ctx.checkpoint, (cache.stamp(other), cache.stamp(ctx.checkpoint)),
-                                   ctx.dataset, ctx.root, max_points)
-    panels = [("other", f"{display_name(ctx, other)}: after the head", other, "after", other_xy), panels[1]]
+                                   ctx.dataset, ctx.root, max_points, (ready, ready))
+    panels = [("other", f"{display_name(ctx, other)}: after the head", other, "after", other_xy, ready), panels[1]]
 
 colors = logic.class_colors(gallery.classes)  # one mapping for both maps
 selection = [r for r in st.session_state.setdefault("emb.selected", []) if r < n]  # rows of another dataset
@@ -81,21 +91,21 @@ for key, *_ in panels:  # read both charts' selections before drawing, so both m
         if picked:
             st.session_state["emb.selected"] = selection = picked
 map_cols = st.columns([4, 4, 2])
-for col, (key, title, ckpt, which, xy) in zip(map_cols, panels):
+for col, (key, title, ckpt, which, xy, snapshot) in zip(map_cols, panels):
     with col:
-        hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which, coords.indices) \
+        hits = cache.nn_hits(ckpt, cache.stamp(ckpt), ctx.dataset, ctx.root, which, coords.indices, snapshot) \
             if colouring != "Class" else None
         fig = logic.umap_figure(xy, coords.indices, labels, gallery.classes, gallery.ids, title, selection,
                                 colors=colors, focus=focus, nn_hits=hits, indices=gallery.indices)
         st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key=f"emb.chart.{key}",
                         width="stretch")
-        stats = cache.embedding_stats(ckpt, ctx.dataset, ctx.root, max_points, which)
+        stats = cache.embedding_stats(ckpt, ctx.dataset, ctx.root, max_points, which, snapshot)
         a, b, c = st.columns(3)
         a.metric("R@1", f"{stats['recall@1']:.3f}")
         b.metric("NMI", f"{stats['nmi']:.3f}")
         c.metric("Silhouette", f"{stats['silhouette']:.3f}")
         download_figure(fig, f"umap-{key}.html", f"emb.dl.fig.{key}")
-        emb = cache.gallery(ckpt, ctx.dataset, ctx.root).embeddings
+        emb = cache.gallery(ckpt, ctx.dataset, ctx.root, snapshot).embeddings
         download_npy(emb.before if which == "before" else emb.after, f"Download embeddings {which} the head (npy)",
                      f"embeddings-{key}-{which}.npy", f"emb.dl.npy.{key}")
 

@@ -17,7 +17,7 @@ query = pick_image(ctx, "ret")
 k = st.slider("Top K", 1, 24, 8, key="ret.k")
 if query is None:
     st.stop()
-gallery = ctx.gallery()
+gallery = ctx.ready_gallery()
 labels = gallery.embeddings.labels
 # A test image is looked up in the gallery; an upload (or an image the gallery skipped) is embedded now.
 query_row = gallery.row_of(query.index) if query.index is not None else None

@@ -58,7 +58,14 @@ if st.toggle("Show both UMAPs (after the head) on the current dataset", key="ckp
         with col:
             try:
                 g = cache.gallery(path, ctx.dataset, ctx.root)
-                m = cache.gallery_map(path, ctx.dataset, ctx.root, min(len(g.ids), 2000) if len(g.ids) > 2000 else None)
+                if g is None:
+                    st.info("Its test gallery is being embedded in the background; the map appears once it has rows.")
+                    continue
+                ready = None if g.complete else g.done
+                m = cache.gallery_map(path, ctx.dataset, ctx.root, min(len(g.ids), 2000) if len(g.ids) > 2000 else None,
+                                      ready)
+                if ready is not None:
+                    st.caption(f"{g.done:,} of {g.total:,} test images embedded so far: a map of those.")
             except FRPTError as exc:
                 st.error(str(exc))
                 continue

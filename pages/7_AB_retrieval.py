@@ -4,7 +4,7 @@ import streamlit as st
 
 from frpt import compare, viz
 from frpt.errors import FRPTError
-from frpt.ui import cache, pick_image, sidebar
+from frpt.ui import background, cache, pick_image, sidebar
 from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
 from frpt.ui.widgets import ALL
 
@@ -26,6 +26,15 @@ if a_path is None or b_path is None:
 name_a, name_b = display_name(ctx, a_path), display_name(ctx, b_path)
 try:
     ga, gb = cache.gallery(a_path, ctx.dataset, ctx.root), cache.gallery(b_path, ctx.dataset, ctx.root)
+    if ga is None or gb is None:
+        background.waiting_note(a_path if ga is None else b_path, ctx.dataset, ctx.root)
+        st.stop()
+    # Both galleries embed in one stratified order: the images both hold are the smaller one's snapshot.
+    ready = None if ga.complete and gb.complete else min(ga.done, gb.done)
+    if ready is not None:
+        behind = a_path if ga.done == ready and not ga.complete else b_path
+        ga, gb = cache.gallery(a_path, ctx.dataset, ctx.root, ready), cache.gallery(b_path, ctx.dataset, ctx.root, ready)
+        background.partial_note(ga, behind, ctx.dataset, ctx.root)
 except FRPTError as exc:
     st.error(str(exc))
     st.stop()
@@ -34,8 +43,8 @@ if mismatch:
     st.error(mismatch)
     st.stop()
 labels = ga.embeddings.labels
-split = compare.SplitComparison(cache.query_ap(a_path, cache.stamp(a_path), ctx.dataset, ctx.root),
-                                cache.query_ap(b_path, cache.stamp(b_path), ctx.dataset, ctx.root))
+split = compare.SplitComparison(cache.query_ap(a_path, cache.stamp(a_path), ctx.dataset, ctx.root, ready=ready),
+                                cache.query_ap(b_path, cache.stamp(b_path), ctx.dataset, ctx.root, ready=ready))
 mean_a, mean_b = split.mean_ap
 delta = split.delta
 m1, m2, m3, m4 = st.columns(4)
@@ -54,6 +63,10 @@ def _go_to(index: int) -> None:
 query = pick_image(ctx, "ab", allow_upload=False)
 k = st.slider("Top K", 1, 12, 8, key="ab.k")
 query_row = ga.row_of(query.index)  # both galleries hold the same images in the same rows (split_mismatch)
+if query_row is None and not ga.complete:
+    st.warning(f"Image #{query.index} is not among the {ga.done:,} images both checkpoints have embedded so far; "
+               "pick another (or one from the lists below), or wait: this page refreshes as more land.")
+    st.stop()
 if query_row is None:
     st.warning("This image could not be read when the galleries were embedded, so it has no ranking; pick another.")
     st.stop()

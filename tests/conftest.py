@@ -13,6 +13,9 @@ CUB_ROOT = Path(os.environ.get("FRPT_CUB_ROOT", REPO.parent / "shared" / "data" 
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("FRPT_WARM_UMAP", "0")  # the app's background numba warm-up would only compete with tests
+# Gallery and sweep jobs (frpt.jobs) are queued, not run: a CUB page must not start minutes of embedding behind
+# the tests; tests/test_jobs.py runs them on purpose.
+os.environ.setdefault("FRPT_BACKGROUND_JOBS", "0")
 
 
 @pytest.fixture(autouse=True)

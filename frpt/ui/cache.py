@@ -15,12 +15,15 @@ import torch
 from ..checkpoint import load_card, load_checkpoint
 from ..data import build_dataset, build_transform
 from ..data.base import RetrievalDataset
-from ..gallery import Gallery, gallery_embeddings, gallery_file, load_gallery
+from .. import jobs
+from ..gallery import Gallery, gallery_embeddings, gallery_file, gallery_progress, load_gallery, partial_gallery
+from ..jobs import Job, background_min
 from ..models import FRPT
 from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
 
 
 _umap_warmup: threading.Thread | None = None
+WATCH = "frpt.watch"  # the partial galleries this page run draws, by (checkpoint, dataset, root): their rows ready
 
 
 def start_umap_warmup() -> None:
@@ -76,28 +79,77 @@ def _stored_gallery(path: str, mtime: float) -> Gallery:
     return found
 
 
-def gallery(ckpt: str, name: str, root: str | None) -> Gallery:
-    """Gallery embeddings of the test split: read from beside the checkpoint, or computed once with a bar."""
-    net, card_ = model(ckpt, stamp(ckpt))
+def gallery(ckpt: str, name: str, root: str | None, ready: int | None = None) -> Gallery | None:
+    """The test gallery. Stored beside the checkpoint: read. A split of up to :func:`frpt.jobs.background_min`
+    images: embedded now, with a bar (seconds). A larger one: its background job is asked for (started, or put
+    first), and what it has embedded so far is returned: a partial gallery (``complete`` False), or None before its
+    first shard lands. ``ready`` pins a partial gallery's snapshot (:func:`frpt.gallery.partial_gallery`): pass a
+    page's ``gallery.done`` to every helper so that all its figures use the same rows."""
+    card_ = card(ckpt, stamp(ckpt))
     ds = dataset(name, root, "test", card_["input_size"])
     path = gallery_file(card_, ds, root)
-    if not path.is_file():
+    if not path.is_file() and len(ds) <= background_min():
+        net, _ = model(ckpt, stamp(ckpt))
         from .logic import embedding_progress
 
         started = time.perf_counter()
         text = lambda k: embedding_progress(k, len(ds), time.perf_counter() - started, ckpt, name, root)  # noqa: E731
         bar = st.progress(0.0, text=text(0))
-        # called in this (the page's) thread after each batch; images decode in a loader process beside the engine
+        # called in this (the page's) thread after each batch; images decode in a thread beside the engine
         gallery_embeddings(net, card_, ds, root=root, progress=False,
                            on_images=lambda k: bar.progress(k / len(ds), text=text(k)))
         bar.empty()
-    return _stored_gallery(str(path), path.stat().st_mtime)
+    if path.is_file() and (ready is None or ready >= len(ds)):
+        return _stored_gallery(str(path), path.stat().st_mtime)
+    request_gallery(ckpt, name, root)
+    if ready is None:
+        ready = gallery_progress(card_, ds, root)
+        if ready == len(ds) and path.is_file():
+            return _stored_gallery(str(path), path.stat().st_mtime)
+        # the page draws this snapshot: frpt.ui.background reruns it once more is ready
+        st.session_state.setdefault(WATCH, {})[(ckpt, name, root)] = ready
+    return _partial_gallery(ckpt, stamp(ckpt), name, root, ready) if ready else None
 
 
-def gallery_stored(ckpt: str, name: str, root: str | None) -> bool:
-    """Whether the test gallery is already stored beside the checkpoint (reading it costs nothing)."""
+def gallery_ready(ckpt: str, name: str, root: str | None) -> int:
+    """Test images whose gallery rows a page can use now (:func:`frpt.gallery.gallery_progress`); cheap."""
     card_ = card(ckpt, stamp(ckpt))
-    return gallery_file(card_, dataset(name, root, "test", card_["input_size"]), root).is_file()
+    return gallery_progress(card_, dataset(name, root, "test", card_["input_size"]), root)
+
+
+def first_shard_images() -> int:
+    from ..gallery import FIRST_SHARD, SHARD_SIZE
+
+    return min(FIRST_SHARD, SHARD_SIZE)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _partial_gallery(ckpt: str, card_stamp: float, name: str, root: str | None, ready: int) -> Gallery | None:
+    """A snapshot of a gallery being embedded: its first ``ready`` images (shared by every session)."""
+    card_ = card(ckpt, card_stamp)
+    found = partial_gallery(card_, dataset(name, root, "test", card_["input_size"]), root, ready)
+    if found is not None:
+        for arr in (found.embeddings.before, found.embeddings.after, found.embeddings.labels):
+            arr.setflags(write=False)
+    return found
+
+
+def request_gallery(ckpt: str, name: str, root: str | None, *, urgent: bool = True) -> Job | None:
+    """Start (or hurry) the background job that embeds the checkpoint's test gallery; None where none is needed
+    (stored, or small enough to embed in the page)."""
+    card_ = card(ckpt, stamp(ckpt))
+    ds = dataset(name, root, "test", card_["input_size"])
+    if len(ds) <= background_min() or gallery_file(card_, ds, root).is_file():
+        return None
+    return jobs.queue().submit(jobs.gallery_job(ckpt, card_, ds, root, _title(ckpt, name, "gallery")), urgent=urgent)
+
+
+def _title(ckpt: str, name: str, what: str) -> str:
+    from ..demo import named_checkpoints
+
+    shown = next((n for n, p in named_checkpoints().items() if Path(p).resolve() == Path(ckpt).resolve()),
+                 Path(ckpt).name)
+    return f"{shown} · {name} {what}"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -108,9 +160,13 @@ def _stored_map(path: str, mtime: float, n: int) -> GalleryMap:
     return found
 
 
-def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None) -> GalleryMap:
-    """UMAP coordinates (before/after the head) of the gallery, computed once per subsample size."""
-    g = gallery(ckpt, name, root)
+def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None,
+                ready: int | None = None) -> GalleryMap:
+    """UMAP coordinates (before/after the head) of the gallery, computed once per subsample size; a partial
+    gallery's (``ready``) are fitted in memory per snapshot and never stored."""
+    g = gallery(ckpt, name, root, ready)
+    if not g.complete:
+        return _partial_map(ckpt, stamp(ckpt), name, root, max_points, g.done)
     path = umap_file(g, max_points)
     if not path.is_file():
         bar = st.progress(0.0, text="Computing the UMAP maps once (stored beside the checkpoint)...")
@@ -119,11 +175,18 @@ def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None) 
     return _stored_map(str(path), path.stat().st_mtime, len(g.ids))
 
 
+@st.cache_resource(show_spinner="Fitting UMAP to the images embedded so far...", max_entries=4)
+def _partial_map(ckpt: str, card_stamp: float, name: str, root: str | None, max_points: int | None,
+                 ready: int) -> GalleryMap:
+    return gallery_umap(gallery(ckpt, name, root, ready), max_points=max_points)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
-def embedding_stats(ckpt: str, name: str, root: str | None, max_points: int | None, which: str) -> dict[str, float]:
+def embedding_stats(ckpt: str, name: str, root: str | None, max_points: int | None, which: str,
+                    ready: int | None = None) -> dict[str, float]:
     from ..projection import embedding_stats as stats
 
-    g, m = gallery(ckpt, name, root), gallery_map(ckpt, name, root, max_points)
+    g, m = gallery(ckpt, name, root, ready), gallery_map(ckpt, name, root, max_points, ready)
     x = g.embeddings.before if which == "before" else g.embeddings.after
     return stats(x[m.indices], g.embeddings.labels[m.indices])
 
@@ -185,13 +248,25 @@ def prompt_sweep(ckpt: str, name: str, root: str | None):
     return _stored_sweep(str(path), path.stat().st_mtime, stamp(ckpt), ckpt)
 
 
+def sweep_job(ckpt: str, name: str, root: str | None) -> Job | None:
+    """The background job of the checkpoint's prompt sweep, if one was asked for in this server."""
+    from ..sweep import sweep_file
+
+    card_ = card(ckpt, stamp(ckpt))
+    return jobs.queue().get(str(sweep_file(card_, dataset(name, root, "test", card_["input_size"]), root)))
+
+
 def compute_prompt_sweep(ckpt: str, name: str, root: str | None):
-    """Run the prompt sweep over the test split with a progress bar and store it beside the gallery (what
-    ``python -m frpt sweep`` does); returns the stored result."""
+    """Run the prompt sweep over the test split and store it beside the gallery (what ``python -m frpt sweep``
+    does): in the page with a progress bar for a split of up to :func:`frpt.jobs.background_min` images (returns
+    the stored result), else as a background job (returns None; the page shows the job's progress)."""
     from ..sweep import prompt_kind, run_sweep, save_sweep, sweep_file, sweep_settings
 
     net, card_ = model(ckpt, stamp(ckpt))
     ds = dataset(name, root, "test", card_["input_size"])
+    if len(ds) > background_min():
+        jobs.queue().submit(jobs.sweep_job(ckpt, card_, ds, root, _title(ckpt, name, "prompt sweep")), urgent=True)
+        return None
     settings = sweep_settings(prompt_kind(net))
     started = time.perf_counter()
 
@@ -235,33 +310,39 @@ def attributions(ckpt: str, card_stamp: float, name: str, root: str | None, inpu
 
 
 @st.cache_data(show_spinner="Scoring every test query...", max_entries=16)
-def query_ap(ckpt: str, card_stamp: float, name: str, root: str | None) -> np.ndarray:
-    """Per-query AP (leave-one-out cosine, full ranking) of every test image after the head."""
+def query_ap(ckpt: str, card_stamp: float, name: str, root: str | None, indices: tuple[int, ...] | None = None,
+             ready: int | None = None) -> np.ndarray:
+    """Per-query AP (leave-one-out cosine, full ranking) after the head of every test image, or of the rows
+    holding dataset images ``indices`` among themselves (two partial galleries' common images)."""
     from ..metrics import average_precision
 
-    g = gallery(ckpt, name, root)
+    g = gallery(ckpt, name, root, ready)
+    if indices is not None:
+        g = g.subset(np.asarray(indices))
     return average_precision(g.embeddings.after, g.embeddings.labels)
 
 
 @st.cache_data(show_spinner="Finding each point's nearest neighbour...", max_entries=32)
-def nn_hits(ckpt: str, card_stamp: float, name: str, root: str | None, which: str, rows: np.ndarray) -> np.ndarray:
-    """Whether the leave-one-out nearest neighbour (before/after the head, among all test images) of each of
-    ``rows`` (a map's points) has its class."""
+def nn_hits(ckpt: str, card_stamp: float, name: str, root: str | None, which: str, rows: np.ndarray,
+            ready: int | None = None) -> np.ndarray:
+    """Whether the leave-one-out nearest neighbour (before/after the head, among all test images of the gallery)
+    of each of ``rows`` (a map's points) has its class."""
     from ..metrics import nearest_neighbour_hits
 
-    g = gallery(ckpt, name, root)
+    g = gallery(ckpt, name, root, ready)
     return nearest_neighbour_hits(g.embeddings.before if which == "before" else g.embeddings.after,
                                   g.embeddings.labels, rows)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def aligned_after(ckpt: str, onto: str, stamps: tuple[float, float], name: str, root: str | None,
-                  max_points: int | None) -> np.ndarray:
+                  max_points: int | None, ready: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
     """``ckpt``'s after-head UMAP aligned (Procrustes) onto ``onto``'s, so two checkpoints' maps face the same
     way (both hold the same subsample of the same gallery). ``stamps``: both cards' :func:`stamp`."""
     from ..projection import procrustes_align
 
-    mine, target = gallery_map(ckpt, name, root, max_points), gallery_map(onto, name, root, max_points)
+    mine, target = gallery_map(ckpt, name, root, max_points, ready[0]), gallery_map(onto, name, root, max_points,
+                                                                                     ready[1])
     if not np.array_equal(mine.indices, target.indices):
         return mine.after
     return procrustes_align(mine.after, target.after)

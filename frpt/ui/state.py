@@ -17,7 +17,7 @@ import streamlit as st
 from ..data import DATASETS, NEEDS_ROOT
 from ..demo import REBUILD_COMMAND, named_checkpoints
 from ..errors import FRPTError
-from . import cache
+from . import background, cache
 
 SOURCES = ("Demo", "Folder", "Upload")
 DATASET_NAMES = ("synthetic", *(d for d in DATASETS if d != "synthetic"))
@@ -59,8 +59,20 @@ class Context:
     def test_set(self):
         return cache.dataset(self.dataset, self.root, "test", self.input_size)
 
-    def gallery(self):
-        return cache.gallery(self.checkpoint, self.dataset, self.root)
+    def gallery(self, ready: int | None = None):
+        """The test gallery, or what is embedded of it so far (:func:`frpt.ui.cache.gallery`), or None."""
+        return cache.gallery(self.checkpoint, self.dataset, self.root, ready)
+
+    def ready_gallery(self):
+        """The gallery for a page that needs one: with the partial-gallery note drawn when it is still being
+        embedded; before its first rows land, the waiting note and the page stops (it reruns when they land)."""
+        found = self.gallery()
+        if found is None:
+            background.waiting_note(self.checkpoint, self.dataset, self.root)
+            st.stop()
+        if not found.complete:
+            background.partial_note(found, self.checkpoint, self.dataset, self.root)
+        return found
 
     def image(self, index: int):
         """Test image ``index`` as the model sees it (3, S, S) in [0, 1]."""
@@ -163,6 +175,7 @@ def sidebar() -> Context:
     one clear sentence when the choice cannot be loaded."""
     through_router()
     cache.start_umap_warmup()
+    background.start_run()
     with st.sidebar:
         st.markdown("### FRPT Studio")
         path = _checkpoint_picker()
@@ -187,4 +200,9 @@ def sidebar() -> Context:
             st.stop()
         st.caption(f"{card_.get('preset')}/{card_.get('variant')} on {card_['backbone'].get('name')}, "
                    f"{card_['input_size']} px · {name}: {len(ds):,} test images, {len(ds.classes):,} classes")
+        try:
+            cache.request_gallery(ctx.checkpoint, name, root)  # chosen: its gallery starts now, whatever the page
+        except FRPTError:
+            pass  # the page that needs the gallery says why
+        background.job_lines()
     return ctx

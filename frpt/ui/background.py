@@ -1,0 +1,87 @@
+"""What the pages show of the background jobs (:mod:`frpt.jobs`): the sidebar's job lines, the note on a page that
+works on a partial gallery, and the refresh as its shards land. Pages only read a job's state here; asking for a
+gallery (:func:`frpt.ui.cache.gallery`) is what starts its job."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import streamlit as st
+
+from .. import jobs
+from ..gallery import Gallery
+from . import cache
+
+REFRESH_S = 2.0
+WATCH = cache.WATCH
+AUTO = "frpt.auto_refresh"
+
+
+def start_run() -> None:
+    """Called first in every page run (the sidebar): the page records again which partial galleries it draws."""
+    st.session_state[WATCH] = {}
+    st.session_state.setdefault(AUTO, True)
+
+
+def _behind() -> bool:
+    """Whether a gallery this page drew has more rows ready now than when it was drawn, or a job it showed ended."""
+    for key, done in st.session_state.get(WATCH, {}).items():
+        try:
+            if key[0] == "job":
+                job = jobs.queue().get(key[1])
+                if job is None or not job.active:
+                    return True
+            elif cache.gallery_ready(*key) > done:
+                return True
+        except Exception:  # noqa: BLE001 - a checkpoint removed meanwhile: the next full run says so
+            continue
+    return False
+
+
+@st.fragment(run_every=timedelta(seconds=REFRESH_S))
+def job_lines() -> None:
+    """The sidebar's jobs (checkpoint, done / total, time left), redrawn every few seconds; reruns the whole page
+    when a gallery it shows has grown and the visitor left automatic refresh on."""
+    active = [j for j in jobs.queue().jobs() if j.active or j.state == "failed"]
+    if active:
+        st.markdown("**Background jobs**")
+        for job in active:
+            st.caption(jobs.describe(job))
+    if st.session_state.get(WATCH) and st.session_state.get(AUTO, True) and _behind():
+        st.rerun(scope="app")
+
+
+def partial_note(gallery: Gallery, ckpt: str, name: str, root: str | None) -> None:
+    """One line on a page that works on a partial gallery: how much is ready, how long the rest takes, and the
+    refresh controls."""
+    job = cache.request_gallery(ckpt, name, root)
+    share = gallery.done / gallery.total
+    text = (f"Working on **{gallery.done:,} of {gallery.total:,}** test images ({share:.0%}); the rest are being "
+            "embedded in the background")
+    left = job.seconds_left() if job is not None else None
+    text += f", {jobs.format_duration(left)} left." if left is not None else "."
+    if job is not None and job.state == "failed":
+        text = f"Working on {gallery.done:,} of {gallery.total:,} test images; the background job failed: {job.error}"
+    text += " Figures here are of these images, not the checkpoint's."
+    note, auto, now = st.columns([7, 2, 1.2], vertical_alignment="center")
+    note.info(text, icon=":material/hourglass_top:")
+    auto.toggle("Refresh as images land", key=AUTO)
+    if now.button("Refresh", icon=":material/refresh:", key="bg.refresh"):
+        st.rerun()
+
+
+def job_note(job: jobs.Job, text: str) -> None:
+    """A page's line for a job it waits on (a sweep): its progress; the page reruns when the job ends."""
+    st.session_state.setdefault(WATCH, {})[("job", job.key)] = 0
+    st.info(f"{text} {jobs.describe(job)}.", icon=":material/hourglass_top:")
+
+
+def waiting_note(ckpt: str, name: str, root: str | None) -> None:
+    """The page's note before the first shard of its gallery lands (seconds); the sidebar reruns the page then."""
+    job = cache.request_gallery(ckpt, name, root)
+    if job is not None and job.state == "failed":
+        st.error(f"The test gallery could not be embedded: {job.error}")
+        return
+    queued = job is not None and job.state == "queued"
+    st.info(("Queued behind another background job. " if queued else "")
+            + f"Embedding the first {cache.first_shard_images():,} test images (a sample of every class); this page "
+            "fills in as soon as they land, then grows as the rest are embedded.", icon=":material/hourglass_top:")

@@ -1,0 +1,184 @@
+"""Background gallery jobs (frpt.jobs, issue 27): the split is embedded in a class-stratified order whose prefixes
+are usable galleries; a job's gallery is `frpt embed`'s to 1e-6; a killed job continues from its committed shards;
+every browser session shares one job; a page on a partial gallery says so."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from frpt import jobs
+from frpt.checkpoint import load_checkpoint
+from frpt.data import build_dataset, build_transform
+from frpt.demo import available_demos
+from frpt.gallery import (embedding_order, gallery_embeddings, gallery_file, gallery_progress, load_gallery,
+                          manifest_file, partial_gallery, shard_bounds)
+
+SHARD = 64  # the synthetic test split's 240 images in shards of 64, 64, 64, 48
+
+
+@pytest.fixture
+def demo(tmp_path) -> Path:
+    """The shipped demo FRPT without any stored gallery, in a folder of this test."""
+    folder = tmp_path / "frpt"
+    shutil.copytree(available_demos()["frpt"], folder, ignore=shutil.ignore_patterns("gallery"))
+    return folder
+
+
+@pytest.fixture
+def run_jobs(monkeypatch):
+    monkeypatch.setenv(jobs.JOBS_ENV, "1")
+
+
+def _split(card):
+    return build_dataset("synthetic", "test", transform=build_transform(card["input_size"], train=False))
+
+
+def _reference(folder: Path, tmp_path: Path):
+    """`frpt embed`'s gallery of the same checkpoint, computed in this process in another folder."""
+    other = tmp_path / "reference"
+    shutil.copytree(folder, other, ignore=shutil.ignore_patterns("gallery"))
+    model, card = load_checkpoint(other)
+    return gallery_embeddings(model, card, _split(card), progress=False, shard_size=SHARD)
+
+
+def _wait(predicate, timeout: float = 240.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("labels", [np.repeat(np.arange(10), 24), np.repeat(np.arange(4), [5, 50, 20, 100])])
+def test_every_prefix_of_the_embedding_order_holds_every_class_in_proportion(labels):
+    order = embedding_order(labels)
+    assert sorted(order.tolist()) == list(range(len(labels)))  # a permutation of the split
+    np.testing.assert_array_equal(order, embedding_order(labels))  # reproducible: the snapshot of a prefix is fixed
+    counts = np.bincount(labels)
+    for m in (len(counts), 2 * len(counts), len(labels) // 3, len(labels)):
+        got = np.bincount(labels[order[:m]], minlength=len(counts))
+        assert np.all(np.abs(got - m * counts / len(labels)) <= 1.0), (m, got)
+
+
+def test_every_prefix_of_cub_test_order_covers_all_100_classes(cub_root):
+    ds = build_dataset("cub", "test", root=str(cub_root))
+    labels = np.array([y for _, y in ds.samples])
+    first = shard_bounds(len(ds))[0][1]
+    assert first <= 256 and len(np.unique(labels[embedding_order(labels)[:first]])) == 100
+
+
+def test_shards_start_small_and_double_to_the_shard_size():
+    assert shard_bounds(5924) == [(0, 256), (256, 768), (768, 1792), (1792, 2816), (2816, 3840), (3840, 4864),
+                                  (4864, 5888), (5888, 5924)]
+    assert shard_bounds(7, shard_size=2) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+
+
+def test_a_job_stores_what_frpt_embed_stores(demo, tmp_path, run_jobs):
+    _, card = load_checkpoint(demo)
+    ds = _split(card)
+    queue = jobs.JobQueue()
+    job = queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD), urgent=True)
+    assert queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD)) is job  # one per gallery
+    assert queue.wait(job.key, timeout=300).state == "done", job.error
+    stored, reference = load_gallery(gallery_file(card, ds, None)), _reference(demo, tmp_path)
+    assert stored.ids == reference.ids == [s for s, _ in ds.samples]  # dataset order, whatever the embedding order
+    np.testing.assert_allclose(stored.embeddings.after, reference.embeddings.after, atol=1e-6)
+    np.testing.assert_allclose(stored.embeddings.before, reference.embeddings.before, atol=1e-6)
+    assert job.done() == len(ds) and queue.submit(jobs.gallery_job(str(demo), card, ds, None)) is job
+
+
+def test_a_killed_job_continues_from_its_committed_shards(demo, tmp_path, run_jobs):
+    _, card = load_checkpoint(demo)
+    ds = _split(card)
+    path = gallery_file(card, ds, None)
+    queue = jobs.JobQueue()
+    job = queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD), urgent=True)
+    _wait(lambda: gallery_progress(card, ds, None) >= SHARD, what="the first shard")
+    first = json.loads(manifest_file(path).read_text())["shards"]["0"]
+    os.kill(queue._proc.pid, signal.SIGKILL)  # as a server killed mid-job leaves it
+    assert queue.wait(job.key, timeout=60).state == "failed" and "SIGKILL" in job.error
+    part = partial_gallery(card, ds, None)
+    assert part is not None and not part.complete and part.done >= SHARD
+    assert len(np.unique(part.embeddings.labels)) == len(ds.classes)  # the first shard holds every class
+
+    again = jobs.JobQueue()  # a restarted server
+    job = again.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD), urgent=True)
+    _wait(lambda: job.state != "running" or (jobs._read_status(job.status_file) or {}).get("done", 0) > 0,
+          what="the resumed job's first batch")
+    status = jobs._read_status(job.status_file)
+    if status is not None and job.state == "running":  # counted from the committed shards, not from zero
+        assert status["done"] > SHARD
+    assert again.wait(job.key, timeout=300).state == "done", job.error
+    manifest = json.loads(manifest_file(path).read_text())
+    assert manifest["complete"] and first["rows"] == SHARD
+    stored, reference = load_gallery(path), _reference(demo, tmp_path)
+    np.testing.assert_allclose(stored.embeddings.after, reference.embeddings.after, atol=1e-6)
+
+
+def test_a_partial_snapshot_is_the_same_rows_before_and_after_the_gallery_completes(demo):
+    model, card = load_checkpoint(demo)
+    ds = _split(card)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(k: int) -> None:
+        if k == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        gallery_embeddings(model, card, ds, progress=False, shard_size=SHARD, on_shard=stop_after)
+    part = partial_gallery(card, ds, None)
+    assert part.done == 2 * SHARD == gallery_progress(card, ds, None) and not part.complete
+    assert np.all(np.diff(part.indices) > 0) and part.ids == [ds.samples[i][0] for i in part.indices]
+    full = gallery_embeddings(model, card, ds, progress=False, shard_size=SHARD)
+    again = partial_gallery(card, ds, None, ready=part.done)  # now cut from the stored file
+    np.testing.assert_array_equal(again.indices, part.indices)
+    np.testing.assert_allclose(again.embeddings.after, part.embeddings.after, atol=1e-6)
+    assert full.complete and partial_gallery(card, ds, None).done == len(ds)
+
+
+def _app(demo: Path, page: str) -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.session_state["frpt.source"] = at.session_state["w.source"] = "Folder"
+    at.session_state["frpt.folder"] = at.session_state["w.folder"] = str(demo)
+    return at.switch_page(page).run()
+
+
+def test_pages_on_a_partial_gallery_say_so_and_two_sessions_share_one_job(demo, monkeypatch):
+    """Jobs are off here (FRPT_BACKGROUND_JOBS=0, the suite's setting): the job is queued, never run, and the first
+    shard comes from an interrupted in-process run, so the pages are seen in their partial state."""
+    monkeypatch.setenv(jobs.BACKGROUND_ENV, "0")  # every split gets a background job
+    monkeypatch.setattr(jobs, "_QUEUE", jobs.JobQueue())
+    model, card = load_checkpoint(demo)
+    ds = _split(card)
+
+    at = _app(demo, "pages/4_Retrieval.py")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Embedding the first" in i.value for i in at.info)  # nothing ready: the waiting note, no ranking
+    assert not at.get("image")
+
+    class Stop(Exception):
+        pass
+
+    def stop(k: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        gallery_embeddings(model, card, ds, progress=False, shard_size=SHARD, on_shard=stop)
+    for page in ("pages/4_Retrieval.py", "pages/3_Embedding_space.py", "pages/1_Prompt_explorer.py"):
+        at = _app(demo, page)  # a second browser session
+        assert not at.exception, (page, [e.value for e in at.exception])
+        notes = [i.value for i in at.info if "Working on" in i.value]
+        assert notes and f"{SHARD} of {len(ds)}" in notes[0], (page, [i.value for i in at.info])
+    assert len([j for j in jobs.queue().jobs() if j.kind == "gallery"]) == 1  # every session asked for the same one
+    assert not list(gallery_file(card, ds, None).parent.glob("*.umap-*"))  # a partial map is never stored

@@ -23,8 +23,10 @@ browser:
 	  { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || \
 	    echo "note: could not install chromium/chromium-driver; the browser test will be skipped"; }
 
+# frpt.ui.launch queues the galleries the app offers (FRPT_CUB_ROOT set: the shipped CUB checkpoints') in the
+# server's own process, then runs `streamlit run app.py` with these options.
 app: $(STAMP)
-	$(PY) -m streamlit run app.py --server.port $(APP_PORT) --server.headless true
+	$(PY) -m frpt.ui.launch --server.port $(APP_PORT) --server.headless true
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

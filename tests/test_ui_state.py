@@ -29,5 +29,5 @@ def test_checkpoints_page_says_whether_the_test_gallery_is_stored():
 
     assert "nothing is embedded" in gallery_status(True, 5924, "runs/x", "cub")
     cold = gallery_status(False, 5924, "assets/cub/compact-frpt", "cub", "../data/CUB")
-    assert "embeds the 5924 test images" in cold
+    assert "embeds the 5924 test images in the background" in cold
     assert "`python -m frpt embed --checkpoint assets/cub/compact-frpt --dataset cub --root ../data/CUB`" in cold

@@ -150,9 +150,6 @@ def embed_command(checkpoint: str, dataset: str, root: str | None = None) -> str
     return f"python -m frpt embed --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
 
 
-AUTO_EMBED_MAX = 1_000  # test splits up to this size are embedded on a page's first visit (seconds); larger on request
-
-
 def sweep_command(checkpoint: str, dataset: str, root: str | None = None) -> str:
     """The command that stores a checkpoint's prompt sweep (frpt.sweep) ahead of a demo."""
     return f"python -m frpt sweep --checkpoint {checkpoint} --dataset {dataset}" + (f" --root {root}" if root else "")
@@ -163,8 +160,9 @@ def gallery_status(stored: bool, images: int, checkpoint: str, dataset: str, roo
     if stored:
         return (f"Test gallery stored ({images} images): Retrieval and Embedding space read it, nothing is "
                 "embedded on a first visit.")
-    return (f"No stored test gallery yet: the first visit of Retrieval or Embedding space embeds the {images} test "
-            f"images (minutes at 224 px on a CPU). Before a demo: `{embed_command(checkpoint, dataset, root)}`.")
+    return (f"No stored test gallery yet: choosing this checkpoint embeds the {images} test images in the "
+            "background, and the pages work on what is ready as it grows (minutes at 224 px on a CPU). Before a "
+            f"demo: `{embed_command(checkpoint, dataset, root)}`.")
 
 
 def class_colors(classes: list[str]) -> dict[str, str]:

@@ -1,0 +1,277 @@
+"""Real data in seconds (issue 27): a cold CUB checkpoint in headless Chromium, with the gallery embedded in the
+background while the pages work on what is ready.
+
+Each run starts a fresh ``streamlit run app.py`` with an empty compiled-model cache (``FRPT_CACHE_DIR``) and no
+stored gallery (the checkpoint's is moved aside and put back at the end), opens a page on the demo checkpoint and
+then picks ``--checkpoint`` in the sidebar as a user does. Measured, one JSON line each:
+
+- ``first-result``: seconds from the pick to the first ranked result on Retrieval (query + top K drawn);
+- ``first-map``: the same from a second cold start, on Embedding space, to the first map;
+- ``background-gallery``: from that pick until the background job has stored the whole gallery, beside a cold
+  ``python -m frpt embed`` of the same checkpoint (``embed-cold``, its own empty engine cache);
+- ``edit-under-job``: a what-if edit of the Prompt explorer (one query re-embedded under an edited prompt, the page
+  run in this process through AppTest) while a gallery job runs, against the same edit on an idle machine;
+- ``resume``: the server killed in the middle of a job and started again: the job continues from its committed
+  shards, and the final gallery equals ``frpt embed``'s (max |difference|).
+
+    python bench/bench_first_result.py --root ../shared/data/CUB_200_2011 [--checkpoint cub/compact-frpt-288]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+_MAIN_JS = """
+const main = document.querySelector('[data-testid="stMain"]') || document;
+const status = Array.from(document.querySelectorAll('[data-testid="stStatusWidget"]')).map(e => e.innerText).join(' ');
+return {
+  images: main.querySelectorAll('[data-testid="stImage"], [data-testid="stImageContainer"] img').length,
+  charts: main.querySelectorAll('.js-plotly-plot').length,
+  text: main.innerText.slice(0, 4000),
+  exc: Array.from(document.querySelectorAll('[data-testid="stException"]')).map(e => e.innerText.slice(0, 400)),
+  busy: /Running|Stop/.test(status),
+};
+"""
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def wait_for(driver, what: str, predicate, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        try:
+            state = driver.execute_script(_MAIN_JS) or {}
+        except Exception:  # noqa: BLE001 - a page mid-rerun
+            state = {}
+        if state.get("exc"):
+            raise RuntimeError(f"{what}: exception on the page: {state['exc'][0]}")
+        if state and predicate(state):
+            return state
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not within {timeout:.0f} s; last text: {state.get('text', '')[:300]!r}")
+
+
+class ColdServer:
+    """A fresh server, empty engine cache, no stored gallery for the checkpoint."""
+
+    def __init__(self, workdir: Path, name: str, gallery: Path, tag: str):
+        import bench_sessions as bs
+
+        self.bs, self.workdir, self.gallery = bs, workdir, gallery
+        shutil.rmtree(gallery, ignore_errors=True)
+        os.environ["FRPT_CACHE_DIR"] = str(workdir / f"engine-cache-{tag}")
+        shutil.rmtree(os.environ["FRPT_CACHE_DIR"], ignore_errors=True)
+        self.port = bs.free_port()
+        self.log = open(workdir / f"streamlit-{tag}.log", "wb")
+        self.server = bs.start_server(self.port, self.log)
+        self.driver = bs.new_driver()
+
+    def open(self, page: str, timeout: float) -> None:
+        self.driver.get(f"http://127.0.0.1:{self.port}/{page}")
+        wait_for(self.driver, f"{page} on the demo", lambda s: not s.get("busy") and "Choose" not in s["text"][:40],
+                 timeout)
+        time.sleep(2)
+
+    def pick(self, name: str, timeout: float) -> float:
+        t0 = time.time()
+        self.bs.pick_checkpoint(self.driver, name, timeout)
+        return t0
+
+    def shot(self, name: str) -> str:
+        path = self.workdir / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return str(path.relative_to(ROOT))
+
+    def close(self, kill: bool = False) -> None:
+        self.bs.close_drivers([self.driver])
+        if kill:
+            self.server.send_signal(signal.SIGKILL)
+            self.server.wait(timeout=30)
+        else:
+            self.bs.stop_server(self.server)
+        self.log.close()
+
+
+def gallery_done(folder: Path) -> bool:
+    return any(p.suffix == ".npz" and ".umap-" not in p.name for p in folder.glob("*.npz"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="cub/compact-frpt-288", help="a shipped checkpoint's name in the sidebar")
+    p.add_argument("--root", required=True, help="CUB_200_2011 folder")
+    p.add_argument("--workdir", default="runs/first_result")
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--only", nargs="+", default=["result", "map", "embed", "edit", "resume"],
+                   choices=["result", "map", "embed", "edit", "resume"])
+    args = p.parse_args()
+
+    from frpt.checkpoint import load_card
+    from frpt.data import build_dataset, build_transform
+    from frpt.demo import bundled_cub_checkpoints
+    from frpt.gallery import gallery_file, load_gallery
+
+    workdir = (ROOT / args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    folder = bundled_cub_checkpoints()[args.checkpoint]
+    stored = folder / "gallery"
+    aside = workdir / "gallery-aside"
+    if stored.exists():
+        shutil.move(str(stored), str(aside))
+    root = str(Path(args.root).resolve())
+    os.environ["FRPT_CUB_ROOT"] = root
+    os.environ["FRPT_BACKGROUND_JOBS"] = "1"
+    card = load_card(folder)
+    test = build_dataset("cub", "test", root=root, transform=build_transform(card["input_size"], train=False))
+    path = gallery_file(card, test, root)
+    reference = None
+    try:
+        if "result" in args.only:
+            cold = ColdServer(workdir, args.checkpoint, stored, "result")
+            try:
+                cold.open("Retrieval", args.timeout)
+                t0 = cold.pick(args.checkpoint, args.timeout)
+                state = wait_for(cold.driver, "first ranked result",
+                                 lambda s: args.checkpoint in s["text"] or s["images"] >= 9, args.timeout)
+                state = wait_for(cold.driver, "first ranked result",
+                                 lambda s: s["images"] >= 9 and "Working on" in s["text"], args.timeout)
+                emit(bench="first-result", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
+                     images=state["images"], screenshot=cold.shot("retrieval-partial"))
+            finally:
+                cold.close()
+        if "map" in args.only:
+            cold = ColdServer(workdir, args.checkpoint, stored, "map")
+            try:
+                cold.open("Embedding_space", args.timeout)
+                t0 = cold.pick(args.checkpoint, args.timeout)
+                wait_for(cold.driver, "first map", lambda s: s["charts"] >= 2 and "Working on" in s["text"],
+                         args.timeout)
+                emit(bench="first-map", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
+                     screenshot=cold.shot("embedding-partial"))
+                deadline = time.time() + args.timeout
+                while not path.is_file() and time.time() < deadline:
+                    time.sleep(1)
+                emit(bench="background-gallery", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
+                     stored=path.is_file())
+                time.sleep(8)  # the page reruns on the stored gallery
+                emit(bench="complete-page", screenshot=cold.shot("embedding-complete"))
+            finally:
+                cold.close()
+        if "embed" in args.only or "resume" in args.only:
+            ref = workdir / "reference"
+            shutil.rmtree(ref, ignore_errors=True)
+            shutil.copytree(folder, ref, ignore=shutil.ignore_patterns("gallery"))
+            env = {**os.environ, "FRPT_CACHE_DIR": str(workdir / "engine-cache-embed")}
+            shutil.rmtree(env["FRPT_CACHE_DIR"], ignore_errors=True)
+            t0 = time.time()
+            subprocess.run([sys.executable, "-m", "frpt", "embed", "--checkpoint", str(ref), "--dataset", "cub",
+                            "--root", root, "--no-umap", "--quiet"], cwd=ROOT, env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            emit(bench="embed-cold", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1))
+            reference = load_gallery(gallery_file(load_card(ref), test, root))
+        if "edit" in args.only:
+            edit_latency(folder, stored, root, workdir, args)
+        if "resume" in args.only:
+            cold = ColdServer(workdir, args.checkpoint, stored, "resume")
+            cold.open("Retrieval", args.timeout)
+            cold.pick(args.checkpoint, args.timeout)
+            manifest = path.with_name(f"{path.stem}.manifest.json")
+            deadline = time.time() + args.timeout
+            while time.time() < deadline:
+                shards = json.loads(manifest.read_text())["shards"] if manifest.is_file() else {}
+                if len(shards) >= 3:
+                    break
+                time.sleep(0.5)
+            committed = len(shards)
+            cold.close(kill=True)
+            time.sleep(2)
+            survivors = subprocess.run(["pgrep", "-f", "frpt embed --checkpoint"], capture_output=True, text=True)
+            os.environ["FRPT_CACHE_DIR"] = str(workdir / "engine-cache-resume")  # warm now: the restart
+            again = ColdServer.__new__(ColdServer)
+            again.bs, again.workdir, again.gallery = cold.bs, workdir, stored
+            again.port = cold.bs.free_port()
+            again.log = open(workdir / "streamlit-resume-2.log", "wb")
+            again.server = cold.bs.start_server(again.port, again.log)
+            again.driver = cold.bs.new_driver()
+            try:
+                again.open("Retrieval", args.timeout)
+                t0 = again.pick(args.checkpoint, args.timeout)
+                deadline = time.time() + args.timeout
+                while not path.is_file() and time.time() < deadline:
+                    time.sleep(0.5)
+                g = load_gallery(path)
+                diff = None
+                if reference is not None and g is not None:
+                    import numpy as np
+
+                    diff = float(max(np.abs(np.asarray(g.embeddings.after) - np.asarray(reference.embeddings.after)).max(),
+                                     np.abs(np.asarray(g.embeddings.before) - np.asarray(reference.embeddings.before)).max()))
+                    same_rows = g.ids == reference.ids
+                else:
+                    same_rows = None
+                emit(bench="resume", shards_before_kill=committed, orphans_after_kill=survivors.stdout.split(),
+                     seconds_to_finish=round(time.time() - t0, 1), stored=path.is_file(), same_rows=same_rows,
+                     max_abs_diff=diff)
+            finally:
+                again.close()
+    finally:
+        shutil.rmtree(stored, ignore_errors=True)
+        if aside.exists():
+            shutil.move(str(aside), str(stored))
+    return 0
+
+
+def edit_latency(folder: Path, stored: Path, root: str, workdir: Path, args) -> None:
+    """A Prompt explorer what-if edit (AppTest, this process) idle and while a gallery job runs beside it."""
+    from streamlit.testing.v1 import AppTest
+
+    shutil.rmtree(stored, ignore_errors=True)  # no gallery: a job is needed
+
+    def edit_seconds(at, value: float) -> float:
+        t0 = time.perf_counter()
+        at.select_slider(key="w.prompt.temperature").set_value(value).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return time.perf_counter() - t0
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=args.timeout)
+    at.run()
+    at.session_state["frpt.demo"] = at.session_state["w.demo"] = args.checkpoint
+    at.session_state["frpt.root.cub"] = at.session_state["w.root.cub"] = root
+    os.environ["FRPT_BACKGROUND_JOBS"] = "0"  # idle first: the job is queued, not run
+    at = at.switch_page("pages/1_Prompt_explorer.py").run()
+    edit_seconds(at, 0.7)  # warm: the engine compiled, the page's caches filled
+    idle = [edit_seconds(at, v) for v in (0.5, 1.4, 2.0)]
+    from frpt import jobs
+
+    os.environ["FRPT_BACKGROUND_JOBS"] = "1"
+    jobs.queue()._start_worker()  # the queued job starts now
+    deadline = time.time() + 120
+    while not any(j.state == "running" for j in jobs.queue().jobs()) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(10)  # the child past its start-up, embedding
+    busy = [edit_seconds(at, v) for v in (0.35, 2.8, 4.0)]
+    running = [j.title for j in jobs.queue().jobs() if j.state == "running"]
+    emit(bench="edit-under-job", idle_s=[round(x, 2) for x in idle], under_job_s=[round(x, 2) for x in busy],
+         job_running=running)
+    proc = jobs.queue()._proc  # stop the job's child: this bench measured what it needed
+    if proc is not None:
+        proc.terminate()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

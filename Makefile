@@ -4,8 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APP_PORT ?= 8501
+SERVE_PORT ?= 8501
+# Streamlit settings for a public port (make app keeps the local defaults): XSRF protection, a 10 MB upload cap,
+# no exception details or tracebacks in the browser, no file watcher, nothing sent to Streamlit's usage stats.
+SERVE_FLAGS := --server.headless true --server.port $(SERVE_PORT) --server.enableXsrfProtection true \
+	--server.enableCORS true --server.maxUploadSize 10 --server.fileWatcherType none \
+	--client.showErrorDetails none --client.toolbarMode minimal --browser.gatherUsageStats false
 
-.PHONY: app test install browser demo clean-demo
+.PHONY: app serve test install browser demo clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +31,11 @@ browser:
 
 app: $(STAMP)
 	$(PY) -m streamlit run app.py --server.port $(APP_PORT) --server.headless true
+
+# Serving mode: locked to serve.toml (or $$FRPT_SERVE_CONFIG); see docs/serving.md. The config is checked first.
+serve: $(STAMP)
+	$(PY) -m frpt serve --check
+	FRPT_SERVE=1 $(PY) -m streamlit run app.py $(SERVE_FLAGS)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

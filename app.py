@@ -2,6 +2,8 @@
 a file under pages/, registered here in reading order (st.navigation ignores the pages/ folder's own ordering)."""
 import streamlit as st
 
+from frpt.ui.auth import gate, locked
+
 PAGES = {
     "": [st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True)],
     "Explore": [
@@ -20,7 +22,9 @@ PAGES = {
     ],
 }
 
-page = st.navigation(PAGES)
+# Serving mode (make serve): until this session gives the password, no page list and no page, only the gate.
+page = st.navigation(PAGES, position="hidden" if locked() else "sidebar")
 # Once for every page; a page may still override its own title (st.set_page_config is additive).
 st.set_page_config(page_title=f"{page.title} · FRPT Studio", page_icon="🔎", layout="wide")
+gate()
 page.run()

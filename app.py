@@ -2,6 +2,7 @@
 a file under pages/, registered here in reading order (st.navigation ignores the pages/ folder's own ordering)."""
 import streamlit as st
 
+from frpt.ui import through_router
 from frpt.ui.auth import gate, locked
 
 PAGES = {
@@ -26,5 +27,6 @@ PAGES = {
 page = st.navigation(PAGES, position="hidden" if locked() else "sidebar")
 # Once for every page; a page may still override its own title (st.set_page_config is additive).
 st.set_page_config(page_title=f"{page.title} · FRPT Studio", page_icon="🔎", layout="wide")
+through_router()  # before the gate: a locked first request must leave Streamlit's pages/ fallback too
 gate()
 page.run()

@@ -45,9 +45,8 @@ def gate() -> None:
         return
     cfg = config()
     st.title("FRPT Studio")
-    with st.form("frpt.login", clear_on_submit=True):
-        given = st.text_input("Password", type="password", key="frpt.login.password")
-        submitted = st.form_submit_button("Enter")
+    given = st.text_input("Password", type="password", key="frpt.login.password")
+    submitted = st.button("Enter", key="frpt.login.enter", type="primary")
     if submitted:
         failures = int(st.session_state.get(FAILURES_KEY, 0))
         time.sleep(THROTTLE.delay(failures))

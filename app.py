@@ -23,10 +23,16 @@ PAGES = {
     ],
 }
 
-# Serving mode (make serve): until this session gives the password, no page list and no page, only the gate.
-page = st.navigation(PAGES, position="hidden" if locked() else "sidebar")
+# A fresh server runs its first request through Streamlit's pages/ fallback, which runs this file as a page named
+# "app" beside pages built from file names. Leave it (rerun under the navigation below) before anything else:
+# st.navigation itself clears the flag through_router() reads, so after it the fallback can no longer be seen.
+through_router()
+# Serving mode (make serve): until this session gives the password, the page list is hidden and no page runs, only
+# the gate. The URL's page (/Retrieval) is still resolved here, so it opens once the password is in.
+is_locked = locked()
+page = st.navigation(PAGES, position="hidden" if is_locked else "sidebar")
 # Once for every page; a page may still override its own title (st.set_page_config is additive).
-st.set_page_config(page_title=f"{page.title} · FRPT Studio", page_icon="🔎", layout="wide")
-through_router()  # before the gate: a locked first request must leave Streamlit's pages/ fallback too
+st.set_page_config(page_title="FRPT Studio" if is_locked else f"{page.title} · FRPT Studio", page_icon="🔎",
+                   layout="wide")
 gate()
 page.run()

@@ -23,6 +23,14 @@ CONTENT = ("selectbox", "radio", "image", "table", "dataframe", "plotly_chart", 
 
 
 @pytest.fixture(autouse=True)
+def waits(monkeypatch) -> list[float]:
+    """The gate's delays, recorded instead of slept (the default, time.sleep, is checked in test_serve.py)."""
+    slept: list[float] = []
+    monkeypatch.setattr(auth, "SLEEP", slept.append)
+    return slept
+
+
+@pytest.fixture(autouse=True)
 def serving(tmp_path, monkeypatch):
     config = tmp_path / "serve.toml"
     config.write_text(f'checkpoints = ["frpt", "pt"]\npassword = "{PASSWORD}"\n[datasets]\nsynthetic = ""\n')
@@ -48,13 +56,16 @@ def _locked(at: AppTest) -> None:
 
 
 def _login(at: AppTest, password: str) -> AppTest:
-    """Type the password and press Enter. AppTest (streamlit 1.67) does not deliver this app's button click to the
-    script (the gate saw False in this app, True in a one-file app), so the press is the session's flag the button
-    sets, after the same check: the wrong-password path is covered by test_serve.py's password and throttle tests."""
-    at.text_input[0].input(password)
-    if serve.active_config().check_password(password):
-        at.session_state[auth.AUTH_KEY] = True
+    """Type the password and press Enter, as a visitor does."""
+    at.text_input(key=auth.PASSWORD_KEY).input(password)
+    at.button[0].click()
     return at.run()
+
+
+def _unlocked(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert auth.PASSWORD_KEY not in [t.key for t in at.text_input]
+    assert not at.error, [e.value for e in at.error]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -65,13 +76,43 @@ def test_every_page_is_locked_before_the_password(page):
     _locked(at)
 
 
-def test_wrong_password_stays_locked_right_one_unlocks():
+def test_wrong_password_stays_locked_right_one_unlocks(waits):
     at = _login(_app(), "wrong")
     _locked(at)
+    assert [e.value for e in at.error] == [auth.WRONG] and auth.WRONG.count(". ") == 0  # one sentence
+    assert at.session_state[auth.PASSWORD_KEY] == ""  # the field is emptied after a try
+    at = _login(at, "wrong again")
+    _locked(at)
+    assert [e.value for e in at.error] == [auth.WRONG]
     at = _login(at, PASSWORD)
-    assert not at.exception, [e.value for e in at.exception]
+    _unlocked(at)
     assert not at.text_input  # no password field, no folder field, no root field
     assert [t.value for t in at.title] == ["FRPT Studio"] and at.table  # the home page's card
+    assert waits == [0.0, 1.0, 2.0]  # each try of this session waits longer than the last
+
+
+def test_empty_password_is_wrong():
+    at = _login(_app(), "")
+    _locked(at)
+    assert [e.value for e in at.error] == [auth.WRONG]
+
+
+def test_deep_page_opens_after_the_password():
+    at = _app()
+    at.switch_page("pages/4_Retrieval.py").run()
+    _locked(at)
+    at = _login(at, PASSWORD)
+    _unlocked(at)
+    assert [t.value for t in at.title] == ["Retrieval"]
+
+
+def test_the_password_holds_across_pages():
+    at = _login(_app(), PASSWORD)
+    _unlocked(at)
+    for page, title in (("pages/8_Reproduction.py", "Reproduction"), ("pages/0_Home.py", "FRPT Studio")):
+        at.switch_page(page).run()
+        _unlocked(at)
+        assert [t.value for t in at.title] == [title], page
 
 
 def _options(at: AppTest) -> dict[str, list[str]]:

@@ -102,6 +102,15 @@ def test_password_check():
     assert not cfg.check_password("s3cre") and not cfg.check_password("s3cret ") and not cfg.check_password("")
 
 
+def test_the_gate_really_waits_by_default():
+    """The app tests record the gate's delays instead of sleeping; the server sleeps them."""
+    import time
+
+    from frpt.ui import auth
+
+    assert auth.SLEEP is time.sleep and auth.THROTTLE.delay(3) >= 4.0
+
+
 def test_throttle_grows_per_session_and_per_server():
     t = Throttle(window_s=60, free=2, cap_s=30)
     assert [t.delay(n, now=0) for n in range(5)] == [0, 1, 2, 4, 8]

@@ -14,8 +14,12 @@ from ..serve import ServeConfig, Throttle, active_config
 
 AUTH_KEY = "frpt.auth.ok"
 FAILURES_KEY = "frpt.auth.failures"
+PASSWORD_KEY = "frpt.login.password"
+WRONG = "Wrong password; try again (each wrong try waits longer)."
 #: One per server process: wrong tries from every session slow every session down.
 THROTTLE = Throttle()
+#: How the gate waits before checking a try (THROTTLE.delay seconds); tests swap in a recorder that returns at once.
+SLEEP = time.sleep
 
 
 def config() -> ServeConfig | None:
@@ -39,24 +43,40 @@ def locked() -> bool:
     return cfg is not None and cfg.password is not None and not st.session_state.get(AUTH_KEY, False)
 
 
-def gate() -> None:
-    """Ask for the password and stop the page until this session has given it (serving mode with a password)."""
-    if not locked():
+def _check_password() -> None:
+    """The Enter button's callback: Streamlit calls it before the next run of the script, so the result is in
+    session_state whatever that run does first (app.py leaving the pages/ fallback reruns at once, which would
+    lose a button's one-run True). Waits first, longer after each wrong try of this session and while the
+    server sees many wrong tries."""
+    try:
+        cfg = active_config()
+    except FRPTError:
+        return  # the next run's gate shows the config's sentence
+    if cfg is None:
         return
-    cfg = config()
-    st.title("FRPT Studio")
-    given = st.text_input("Password", type="password", key="frpt.login.password")
-    submitted = st.button("Enter", key="frpt.login.enter", type="primary")
-    if submitted:
-        failures = int(st.session_state.get(FAILURES_KEY, 0))
-        time.sleep(THROTTLE.delay(failures))
-        if cfg.check_password(given or ""):
-            st.session_state[AUTH_KEY] = True
-            st.session_state.pop(FAILURES_KEY, None)
-            st.rerun()
+    given = st.session_state.get(PASSWORD_KEY) or ""
+    st.session_state[PASSWORD_KEY] = ""  # the field comes back empty; the password is kept nowhere
+    failures = int(st.session_state.get(FAILURES_KEY, 0))
+    SLEEP(THROTTLE.delay(failures))
+    if cfg.check_password(given):
+        st.session_state[AUTH_KEY] = True
+        st.session_state.pop(FAILURES_KEY, None)
+    else:
         THROTTLE.record_failure()
         st.session_state[FAILURES_KEY] = failures + 1
-        st.error("Wrong password; try again (each wrong try waits longer).")
+
+
+def gate() -> None:
+    """Ask for the password and stop the page until this session has given it (serving mode with a password).
+    A form: the Enter key in the field submits it too."""
+    if not locked():
+        return
+    st.title("FRPT Studio")
+    with st.form("frpt.login", border=False):
+        st.text_input("Password", type="password", key=PASSWORD_KEY)
+        st.form_submit_button("Enter", type="primary", on_click=_check_password)
+    if st.session_state.get(FAILURES_KEY):
+        st.error(WRONG)
     st.stop()
 
 

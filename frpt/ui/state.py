@@ -169,7 +169,8 @@ def through_router() -> None:
     bookmark) from the pages/ folder with a navigation built from file names ("app" first, no sections, no
     icons): its multipage-v1 fallback (``PagesManager.uses_pages_directory``). Turning the fallback off and
     rerunning runs app.py, which opens the same URL's page under the app's own navigation. Called first by every
-    page."""
+    page, and by app.py before its st.navigation (which clears the flag itself: called after it, this sees
+    nothing), for the fallback runs app.py too, as its page "app", on a fresh server's first request for /."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:

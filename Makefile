@@ -4,8 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APP_PORT ?= 8501
+SERVE_PORT ?= 8501
+# Streamlit settings for a public port (make app keeps the local defaults): XSRF protection, a 10 MB upload cap,
+# no exception details or tracebacks in the browser, no file watcher, nothing sent to Streamlit's usage stats.
+SERVE_FLAGS := --server.headless true --server.port $(SERVE_PORT) --server.enableXsrfProtection true \
+	--server.enableCORS true --server.maxUploadSize 10 --server.fileWatcherType none \
+	--client.showErrorDetails none --client.toolbarMode minimal --browser.gatherUsageStats false
 
-.PHONY: app test install browser demo clean-demo
+.PHONY: app serve test install browser demo clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +33,12 @@ browser:
 # server's own process, then runs `streamlit run app.py` with these options.
 app: $(STAMP)
 	$(PY) -m frpt.ui.launch --server.port $(APP_PORT) --server.headless true
+
+# Serving mode: locked to serve.toml (or $$FRPT_SERVE_CONFIG); see docs/serving.md. The config is checked first;
+# the launcher starts the configured checkpoints' galleries (the first one first) before anyone opens a page.
+serve: $(STAMP)
+	$(PY) -m frpt serve --check
+	FRPT_SERVE=1 $(PY) -m frpt.ui.launch $(SERVE_FLAGS)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

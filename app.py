@@ -2,6 +2,9 @@
 a file under pages/, registered here in reading order (st.navigation ignores the pages/ folder's own ordering)."""
 import streamlit as st
 
+from frpt.ui import through_router
+from frpt.ui.auth import gate, locked
+
 PAGES = {
     "": [st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True)],
     "Explore": [
@@ -20,7 +23,16 @@ PAGES = {
     ],
 }
 
-page = st.navigation(PAGES)
+# A fresh server runs its first request through Streamlit's pages/ fallback, which runs this file as a page named
+# "app" beside pages built from file names. Leave it (rerun under the navigation below) before anything else:
+# st.navigation itself clears the flag through_router() reads, so after it the fallback can no longer be seen.
+through_router()
+# Serving mode (make serve): until this session gives the password, the page list is hidden and no page runs, only
+# the gate. The URL's page (/Retrieval) is still resolved here, so it opens once the password is in.
+is_locked = locked()
+page = st.navigation(PAGES, position="hidden" if is_locked else "sidebar")
 # Once for every page; a page may still override its own title (st.set_page_config is additive).
-st.set_page_config(page_title=f"{page.title} · FRPT Studio", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="FRPT Studio" if is_locked else f"{page.title} · FRPT Studio", page_icon="🔎",
+                   layout="wide")
+gate()
 page.run()

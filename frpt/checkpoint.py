@@ -36,6 +36,7 @@ from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, atomic_write_text, remove_stale_temps
 from .models import RANDOM_WEIGHTS, FRPT, Backbone, file_sha256
 from .models.backbone import timm_name
+from .paths import plain_file, user_folder
 
 FORMAT = "frpt-checkpoint"
 FORMAT_VERSION = 1
@@ -146,11 +147,11 @@ def _resolve_folder(path: str | os.PathLike) -> Path:
                               "use a checkpoint folder with card.json and .safetensors files.")
     if p.is_file() and p.name == CARD:
         p = p.parent
-    if not p.exists():
-        raise CheckpointError(f"Checkpoint {p} does not exist; pass a folder written by `python -m frpt train`.")
-    if not p.is_dir():
+    if p.is_file():
         raise CheckpointError(f"{p.name} is not a checkpoint folder; pass the folder holding card.json.")
-    if not (p / CARD).is_file():
+    # Symlink loops, devices, FIFOs and /proc, /sys, /dev: one sentence from stat alone, nothing listed or opened.
+    p = Path(user_folder(p, "Checkpoint", "pass a folder written by `python -m frpt train`", CheckpointError))
+    if not plain_file(p / CARD):
         raise CheckpointError(f"Checkpoint folder {p} has no card.json; it is incomplete or not an FRPT checkpoint.")
     return p
 

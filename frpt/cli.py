@@ -328,6 +328,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Validate the serving config (``make serve`` runs this before Streamlit starts)."""
+    from .serve import config_path, load_serve_config
+
+    if not args.check:
+        raise ConfigError("`frpt serve` only checks the config (--check); start the server with `make serve`.")
+    path = Path(args.config) if args.config else config_path()
+    cfg = load_serve_config(path)
+    _emit({"config": str(path), "checkpoints": [c.name for c in cfg.checkpoints], "datasets": list(cfg.datasets),
+           "password": cfg.password is not None})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m frpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -423,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the weights in float16 (half the size; loaded back as fp32; re-evaluate the export)")
     p.add_argument("--quiet", action="store_true", help="accepted for symmetry; export prints only its JSON line")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="check the serving config (serve.toml) that `make serve` runs the app from")
+    p.add_argument("--check", action="store_true", help="validate the config and exit (0: servable)")
+    p.add_argument("--config", help="config file (default: $FRPT_SERVE_CONFIG, else serve.toml in the repository)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="learned vs frozen parameters per module")
     _add_model_args(p, preset_required=True)

@@ -1,9 +1,8 @@
 """Attributions: what drives the embedding, on the original and on the warped image; Fig. 4-style comparison."""
 import streamlit as st
 
-from frpt.demo import available_demos
 from frpt.errors import FRPTError
-from frpt.ui import cache, download_png, pick_image, sidebar
+from frpt.ui import cache, comparison_checkpoints, download_png, paths_allowed, pick_image, sidebar
 
 st.set_page_config(page_title="Attributions · FRPT Studio", layout="wide")
 ctx = sidebar()
@@ -48,11 +47,11 @@ if stored and stored[0] == ig_key:
     show(stored[1], "Integrated Gradients", "ig")
 
 st.subheader("Frozen backbone vs FRPT without CAH vs FRPT (paper Fig. 4)")
-demos = {f"demo: {k}": str(v) for k, v in available_demos().items()}
+demos = comparison_checkpoints()
 options = {"current checkpoint": ctx.checkpoint, **demos}
 picked = st.multiselect("Checkpoints to compare", list(options), default=list(options)[:4], key="attr.compare",
                         help="the demo rows: pt = frozen backbone, no-cah = DPP + PT, frpt = full model")
-extra = st.text_input("Another checkpoint folder (optional)", key="attr.extra").strip()
+extra = st.text_input("Another checkpoint folder (optional)", key="attr.extra").strip() if paths_allowed() else ""
 paths = [(name, options[name]) for name in picked] + ([(extra, extra)] if extra else [])
 if paths:
     cols = st.columns(max(len(paths) + 1, 4))

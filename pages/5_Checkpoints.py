@@ -1,11 +1,10 @@
 """Checkpoints: the card, learned vs frozen parameters, training curves, and a side-by-side comparison."""
 import streamlit as st
 
-from frpt.demo import available_demos
 from frpt.errors import FRPTError
 from frpt.gallery import gallery_file
 from frpt.training import read_log
-from frpt.ui import cache, logic, sidebar
+from frpt.ui import cache, comparison_checkpoints, logic, paths_allowed, sidebar
 
 st.set_page_config(page_title="Checkpoints · FRPT Studio", layout="wide")
 ctx = sidebar()
@@ -41,8 +40,8 @@ else:
     st.info("No log.csv in this checkpoint folder (it was not trained here, or nothing was trained).")
 
 st.subheader("Compare with another checkpoint")
-demos = {f"demo: {k}": str(v) for k, v in available_demos().items()}
-choice = st.selectbox("Other checkpoint", [*demos, "folder..."], key="ckpt.other")
+demos = comparison_checkpoints()
+choice = st.selectbox("Other checkpoint", [*demos, "folder..."] if paths_allowed() else list(demos), key="ckpt.other")
 other = st.text_input("Folder", key="ckpt.other.folder").strip() if choice == "folder..." else demos.get(choice)
 if not other:
     st.stop()

@@ -3,9 +3,10 @@ Tables 1, 2 and 5."""
 import streamlit as st
 
 from frpt import reproduction as rep
-from frpt.ui import through_router
+from frpt.ui import gate, through_router
 
 through_router()  # the page draws no sidebar (which does this for the other pages)
+gate()  # serving mode: the password first
 
 st.title("Reproduction")
 try:

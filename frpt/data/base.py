@@ -13,6 +13,7 @@ from PIL import Image
 
 from frpt.data.images import display_path, open_image
 from frpt.errors import DatasetError
+from frpt.paths import plain_file
 
 __all__ = [
     "RetrievalDataset", "Box", "SPLITS", "check_split", "require_file", "missing_error",
@@ -100,7 +101,7 @@ def check_split(split: str) -> str:
 
 def require_file(path: str, what: str) -> str:
     """Return ``path`` if it is a file, else raise a DatasetError naming it."""
-    if not os.path.isfile(path):
+    if not plain_file(path):  # a FIFO would block, a /proc or /dev file is endless: neither is metadata
         raise DatasetError(f"{what} {display_path(path)} is missing; check that --root points at the dataset and that it was extracted completely.")
     return path
 

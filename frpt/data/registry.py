@@ -10,9 +10,9 @@ from frpt.data.base import RetrievalDataset, check_split
 from frpt.data.cars import build_cars
 from frpt.data.cub import build_cub
 from frpt.data.folder import build_folder
-from frpt.data.images import display_path
 from frpt.data.synthetic import build_synthetic
 from frpt.errors import DatasetError
+from frpt.paths import user_folder
 
 __all__ = ["DATASETS", "build_dataset", "NEEDS_ROOT"]
 
@@ -56,7 +56,6 @@ def build_dataset(
     if key in NEEDS_ROOT:
         if root is None or str(os.fspath(root)).strip() == "":
             raise DatasetError(f"dataset {key!r} needs its files; pass --root pointing at {_ROOT_HINT[key]}.")
-        root = os.path.expanduser(os.fspath(root))
-        if not os.path.isdir(root):
-            raise DatasetError(f"dataset root {display_path(root)} does not exist or is not a folder; pass --root pointing at {_ROOT_HINT[key]}.")
+        # Stat only: a symlink loop, a device, /proc or a folder of 100,000 files is judged without listing it.
+        root = user_folder(root, "dataset root", f"pass --root pointing at {_ROOT_HINT[key]}", DatasetError)
     return builder(split, root, transform, **kwargs)

@@ -22,6 +22,7 @@ from ..data import build_dataset, build_transform
 from ..demo import named_checkpoints
 from ..errors import FRPTError
 from ..gallery import gallery_file
+from ..serve import active_config
 
 REPO = Path(__file__).resolve().parents[2]
 FIRST = "cub/compact-frpt-288"  # the best CUB row: a local server embeds its gallery first
@@ -29,7 +30,7 @@ FIRST = "cub/compact-frpt-288"  # the best CUB row: a local server embeds its ga
 
 def offered() -> list[tuple[str, str, str, str | None]]:
     """(title, checkpoint folder, dataset, root) of each gallery the server offers, in the order to embed them."""
-    config = _serve_config()
+    config = active_config()  # serving mode (FRPT_SERVE=1), else None
     if config is not None:
         pairs = [(c.name, str(c.path)) for c in config.checkpoints]  # the first is the default
         roots = dict(config.datasets)
@@ -55,15 +56,6 @@ def _card(path: str) -> dict | None:
         return load_card(path)
     except FRPTError:
         return None
-
-
-def _serve_config():
-    """The serving config when the server runs in serving mode (frpt.serve), else None."""
-    try:
-        from ..serve import active_config
-    except ImportError:
-        return None
-    return active_config()
 
 
 def start_jobs() -> list[jobs.Job]:

@@ -7,9 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from ..compare import trained_on
-from ..demo import named_checkpoints
 from ..errors import FRPTError
-from . import cache
+from . import auth, cache
 from .state import Context, persistent, widget_args
 
 FOLDER = "folder..."
@@ -19,7 +18,7 @@ def checkpoint_choices(ctx: Context) -> dict[str, str]:
     """Display name -> folder of the checkpoints comparable on ``ctx``'s dataset (trained on it), the sidebar's
     checkpoint included."""
     out: dict[str, str] = {}
-    for name, path in named_checkpoints().items():
+    for name, path in auth.offered_checkpoints().items():
         try:
             card = cache.card(str(path), cache.stamp(path))
         except FRPTError:
@@ -56,12 +55,13 @@ def pick_checkpoint(ctx: Context, label: str, key: str, default: str) -> str | N
     """A selectbox of :func:`checkpoint_choices` (+ a folder field); the folder picked, or None (one sentence
     shown) when it cannot be loaded."""
     choices = checkpoint_choices(ctx)
-    options = [*choices, FOLDER]
+    options = [*choices, FOLDER] if auth.paths_allowed() else list(choices)
     name = persistent(key, default if default in options else options[0])
     if name not in options:  # chosen on another dataset's checkpoints: start again from the default
         name = default if default in options else options[0]
         st.session_state[f"frpt.{key}"] = st.session_state[f"w.{key}"] = name
-    st.selectbox(label, options, help=f"checkpoints trained on {ctx.dataset}; any other by folder",
+    more = "; any other by folder" if FOLDER in options else ""
+    st.selectbox(label, options, help=f"checkpoints trained on {ctx.dataset}{more}",
                  **widget_args(key))
     if name != FOLDER:
         return choices[name]

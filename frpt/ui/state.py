@@ -17,7 +17,7 @@ import streamlit as st
 from ..data import DATASETS, NEEDS_ROOT
 from ..demo import REBUILD_COMMAND, named_checkpoints
 from ..errors import FRPTError
-from . import background, cache
+from . import auth, background, cache
 
 SOURCES = ("Demo", "Folder", "Upload")
 DATASET_NAMES = ("synthetic", *(d for d in DATASETS if d != "synthetic"))
@@ -103,7 +103,20 @@ def _save_upload(files) -> Path:
     return folder
 
 
+def _served_checkpoint(cfg) -> str:
+    """Serving mode: a choice among the configured checkpoints only (no folder field, no upload)."""
+    names = list(cfg.folders)
+    name = persistent("served", names[0])
+    if name not in cfg.folders:
+        name = st.session_state["frpt.served"] = st.session_state["w.served"] = names[0]
+    st.selectbox("Checkpoint", names, **widget_args("served"))
+    return cfg.folders[name]
+
+
 def _checkpoint_picker() -> str | None:
+    cfg = auth.config()
+    if cfg is not None:
+        return _served_checkpoint(cfg)
     demos = {k: str(v) for k, v in named_checkpoints().items()}
     source = persistent("source", "Demo" if demos else "Folder")
     st.radio("Checkpoint", SOURCES, horizontal=True, **widget_args("source"))
@@ -141,14 +154,20 @@ def default_root(name: str, card: dict[str, Any]) -> str:
 
 
 def _dataset_picker(card: dict[str, Any]) -> tuple[str, str | None]:
+    cfg = auth.config()
+    names = tuple(cfg.datasets) if cfg is not None else DATASET_NAMES
     trained = (card.get("dataset") or {}).get("name")
-    name = persistent("dataset", trained if trained in DATASET_NAMES else "synthetic")
+    name = persistent("dataset", trained if trained in names else names[0])
+    if name not in names:
+        name = st.session_state["frpt.dataset"] = st.session_state["w.dataset"] = names[0]
     if st.session_state.get("frpt.dataset_of") != card.get("path"):
         # A newly picked checkpoint opens on the dataset it was trained on; the user may switch afterwards.
         st.session_state["frpt.dataset_of"] = card.get("path")
-        if trained in DATASET_NAMES and trained != name:
+        if trained in names and trained != name:
             name = st.session_state["frpt.dataset"] = st.session_state["w.dataset"] = trained
-    st.selectbox("Dataset (test split)", DATASET_NAMES, **widget_args("dataset"))
+    st.selectbox("Dataset (test split)", names, **widget_args("dataset"))
+    if cfg is not None:  # serving: the root comes from the config, never from a field
+        return name, cfg.datasets[name]
     root = None
     if name in NEEDS_ROOT:
         root = persistent(f"root.{name}", default_root(name, card)).strip() or None
@@ -162,7 +181,8 @@ def through_router() -> None:
     bookmark) from the pages/ folder with a navigation built from file names ("app" first, no sections, no
     icons): its multipage-v1 fallback (``PagesManager.uses_pages_directory``). Turning the fallback off and
     rerunning runs app.py, which opens the same URL's page under the app's own navigation. Called first by every
-    page."""
+    page, and by app.py before its st.navigation (which clears the flag itself: called after it, this sees
+    nothing), for the fallback runs app.py too, as its page "app", on a fresh server's first request for /."""
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
@@ -174,6 +194,7 @@ def sidebar() -> Context:
     """Draw the sidebar (checkpoint and dataset pickers) and return the session's context, or stop the page with
     one clear sentence when the choice cannot be loaded."""
     through_router()
+    auth.gate()  # serving mode: nothing below is drawn before the password
     cache.start_umap_warmup()
     background.start_run()
     with st.sidebar:

@@ -77,6 +77,18 @@ def side_by_side(emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray, query
                       float(ap_a[query]), float(ap_b[query]))
 
 
+def side_by_side_embedded(query_a: np.ndarray, query_b: np.ndarray, emb_a: np.ndarray, emb_b: np.ndarray,
+                          labels: np.ndarray, label: int, k: int) -> SideBySide:
+    """:func:`side_by_side` for a query that has no row in the gallery (a test image a partial gallery does not
+    hold yet), embedded under each checkpoint: ranked against all rows, AP over the full ranking."""
+    from .whatif import rank_query
+
+    a, b = (rank_query(q, emb, labels, k, label) for q, emb in ((query_a, emb_a), (query_b, emb_b)))
+    return SideBySide(-1, TopK(a.rows.astype(int), a.scores, a.hits), TopK(b.rows.astype(int), b.scores, b.hits),
+                      float("nan") if a.average_precision is None else a.average_precision,
+                      float("nan") if b.average_precision is None else b.average_precision)
+
+
 @dataclass(frozen=True)
 class SplitComparison:
     """Per-query AP of every test image under A and B."""
@@ -119,5 +131,5 @@ def trained_on(card: dict) -> str | None:
     return dataset.get("name") if isinstance(dataset, dict) else None
 
 
-__all__ = ["split_mismatch", "TopK", "top_k", "SideBySide", "side_by_side", "SplitComparison", "compare_split",
+__all__ = ["split_mismatch", "TopK", "top_k", "SideBySide", "side_by_side", "side_by_side_embedded", "SplitComparison", "compare_split",
            "trained_on"]

@@ -3,6 +3,7 @@ import numpy as np
 import streamlit as st
 
 from frpt import compare, viz
+from frpt.evaluation import embed_images
 from frpt.errors import FRPTError
 from frpt.ui import background, cache, pick_image, sidebar
 from frpt.ui.pickers import baseline_default, checkpoint_choices, display_name, pick_checkpoint
@@ -63,19 +64,20 @@ def _go_to(index: int) -> None:
 query = pick_image(ctx, "ab", allow_upload=False)
 k = st.slider("Top K", 1, 12, 8, key="ab.k")
 query_row = ga.row_of(query.index)  # both galleries hold the same images in the same rows (split_mismatch)
-if query_row is None and not ga.complete:
-    st.warning(f"Image #{query.index} is not among the {ga.done:,} images both checkpoints have embedded so far; "
-               "pick another (or one from the lists below), or wait: this page refreshes as more land.")
-    st.stop()
-if query_row is None:
+if query_row is None and ga.complete:
     st.warning("This image could not be read when the galleries were embedded, so it has no ranking; pick another.")
     st.stop()
-view = compare.side_by_side(ga.embeddings.after, gb.embeddings.after, labels, query_row, k, split.ap_a,
-                            split.ap_b)
+if query_row is None:  # not embedded by both yet: embedded now under each checkpoint, as its gallery was
+    qa, qb = (embed_images(cache.model(path, cache.stamp(path))[0], query.image[None], precision=g.precision or "auto",
+                           engine=g.engine)[0] for path, g in ((a_path, ga), (b_path, gb)))
+    view = compare.side_by_side_embedded(qa, qb, ga.embeddings.after, gb.embeddings.after, labels, query.label, k)
+else:
+    view = compare.side_by_side(ga.embeddings.after, gb.embeddings.after, labels, query_row, k, split.ap_a,
+                                split.ap_b)
 
 left, right = st.columns([1, 5])
 with left:
-    st.image(viz.to_uint8(query.image), caption=f"query #{query.index} · {ga.classes[int(labels[query_row])]}",
+    st.image(viz.to_uint8(query.image), caption=f"query #{query.index} · {ga.classes[int(query.label)]}",
              width="stretch")
     st.metric("AP under B", f"{view.ap_b:.3f}", f"{view.ap_delta:+.3f} against A")
     st.caption(f"AP under A: {view.ap_a:.3f}")

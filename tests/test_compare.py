@@ -107,3 +107,17 @@ def test_split_mismatch_is_one_sentence_or_none():
         assert msg and msg.endswith(".") and msg.count(". ") == 0
     with pytest.raises(ValueError):
         compare_split(A, B[:3], LABELS)
+
+
+def test_a_query_outside_the_gallery_ranks_as_its_own_row_left_out():
+    """A test image a partial gallery does not hold yet is embedded and ranked against every row: the same top K
+    and AP as the leave-one-out ranking of that image's row once it is in the gallery."""
+    from frpt.compare import side_by_side_embedded
+
+    keep = np.array([0, 1, 3])  # the gallery without image 2 (label 1)
+    view = side_by_side_embedded(A[2], B[2], A[keep], B[keep], LABELS[keep], 1, 3)
+    full = side_by_side(A, B, LABELS, 2, 3, average_precision(A, LABELS), average_precision(B, LABELS))
+    np.testing.assert_array_equal(keep[view.a.rows], full.a.rows)
+    np.testing.assert_array_equal(keep[view.b.rows], full.b.rows)
+    assert view.ap_a == pytest.approx(full.ap_a) and view.ap_b == pytest.approx(full.ap_b)
+    np.testing.assert_array_equal(view.b.hits, full.b.hits)

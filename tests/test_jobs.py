@@ -180,5 +180,27 @@ def test_pages_on_a_partial_gallery_say_so_and_two_sessions_share_one_job(demo, 
         assert not at.exception, (page, [e.value for e in at.exception])
         notes = [i.value for i in at.info if "Working on" in i.value]
         assert notes and f"{SHARD} of {len(ds)}" in notes[0], (page, [i.value for i in at.info])
-    assert len([j for j in jobs.queue().jobs() if j.kind == "gallery"]) == 1  # every session asked for the same one
+    at = _app(demo, "pages/7_AB_retrieval.py")  # B = this checkpoint: partial; A = a demo, stored or queued
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Working on" in i.value or "Embedding the first" in i.value for i in at.info)
+    assert len([j for j in jobs.queue().jobs() if j.key == str(gallery_file(card, ds, None))]) == 1  # one job
     assert not list(gallery_file(card, ds, None).parent.glob("*.umap-*"))  # a partial map is never stored
+
+
+def test_the_launcher_queues_the_offered_galleries_default_first(tmp_path, monkeypatch, cub_root):
+    from frpt.ui import launch
+
+    config = tmp_path / "serve.toml"
+    config.write_text(f'checkpoints = ["cub/compact-pt", "cub/compact-frpt-288"]\n[datasets]\ncub = "{cub_root}"\n')
+    monkeypatch.setenv("FRPT_SERVE", "1")
+    monkeypatch.setenv("FRPT_SERVE_CONFIG", str(config))
+    served = launch.offered()
+    assert [(t, d) for t, _, d, _ in served] == [("cub/compact-pt", "cub"), ("cub/compact-frpt-288", "cub")]
+    assert {Path(r).resolve() for *_, r in served} == {cub_root.resolve()}
+
+    monkeypatch.delenv("FRPT_SERVE")
+    monkeypatch.setenv("FRPT_CUB_ROOT", str(cub_root))
+    local = launch.offered()  # a local server: the shipped CUB checkpoints, the best first; no synthetic demo
+    assert local[0][0] == launch.FIRST and {d for _, _, d, _ in local} == {"cub"} and len(local) >= 2
+    monkeypatch.delenv("FRPT_CUB_ROOT")
+    assert launch.offered() == []  # no dataset folder at hand: nothing to embed ahead

@@ -46,3 +46,10 @@ test: $(STAMP) browser
 # Rebuild the shipped demo checkpoint in assets/ from the built-in synthetic set.
 demo: $(STAMP)
 	$(PY) -m frpt.demo --rebuild
+
+# The README's screenshots (assets/screenshots/) from the running app in headless Chromium, on real CUB images:
+# needs CUB (CUB_ROOT) and, to be quick, the checkpoint's test gallery embedded once (bench/screenshots.py says how).
+.PHONY: screenshots
+CUB_ROOT ?= ../shared/data/CUB_200_2011
+screenshots: $(STAMP) browser
+	$(PY) bench/screenshots.py --root $(CUB_ROOT)

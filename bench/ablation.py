@@ -411,7 +411,7 @@ def compact_notes(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", choices=(*PROFILES, "cached"), default="quick",
-                   help="cached: only with --render (rows from bench/cached_head.py)")
+                   help="cached: only with --render (rows from bench/probes/cached_head.py)")
     p.add_argument("--preset", choices=(*PRESETS, "both"), default="both")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(Path(args.results), args.profile, size))
         return 0
     if args.profile not in PROFILES:
-        p.error("--profile cached only renders; its rows come from bench/cached_head.py")
+        p.error("--profile cached only renders; its rows come from bench/probes/cached_head.py")
     if args.profile == "compact":
         for variant in [v for v in COMPACT_ORDER if v in args.variants]:
             row = compact_row(args, variant)

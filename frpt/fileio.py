@@ -102,7 +102,7 @@ def _aligned_member(name: str, offset: int) -> zipfile.ZipInfo:
     """A stored member whose local header, written at ``offset`` with a zip64 extra field, ends on an ``ALIGN``
     boundary: the .npy header that follows is a multiple of 64 bytes, so the array data is aligned too. np.savez
     does not align; a member's data then starts at any byte, and numpy computes on a mapped array that is not
-    even 4-byte aligned without BLAS: a batched product ran 3.5-5x slower (bench/bench_exact_blocks.py)."""
+    even 4-byte aligned without BLAS: a batched product ran 3.5-5x slower (bench/probes/bench_exact_blocks.py)."""
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     fixed = 30 + len(name.encode()) + 20  # local header, file name, zip64 extra field (<HHQQ)

@@ -356,8 +356,8 @@ class RetrievalIndex:
         best_s = np.full((len(q), 0), -np.inf, np.float32)
         best_i = np.zeros((len(q), 0), np.int64)
         # numpy multiplies an array that is not aligned to its item size without BLAS, 3.5-5x slower (0.84 vs
-        # 0.17-0.24 s for 256 queries x 65,536 rows; the copy takes 0.08 s; bench/bench_exact_blocks.py): galleries
-        # written before write_npz_blocks aligned
+        # 0.17-0.24 s for 256 queries x 65,536 rows; the copy takes 0.08 s; bench/probes/bench_exact_blocks.py):
+        # galleries written before write_npz_blocks aligned
         # its members are mapped at any byte, so a batch copies each of their blocks into one aligned buffer first
         staged = not self.vectors.flags.aligned and len(q) >= STAGE_MIN_QUERIES
         buffer = None
@@ -375,7 +375,7 @@ class RetrievalIndex:
                 if inv is not None:
                     sims *= inv  # cosine without a normalised copy of the block
                 # torch's topk, not np.argpartition: 3.5x faster on a 256 x 65,536 block here (0.02 vs 0.07 s,
-                # bench/bench_exact_blocks.py)
+                # bench/probes/bench_exact_blocks.py)
                 top = torch.from_numpy(sims).topk(min(kk, sims.shape[1]), dim=1, sorted=False)
                 new_s.append(top.values.numpy())
                 new_i.append(top.indices.numpy() + s)

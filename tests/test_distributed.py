@@ -51,8 +51,8 @@ def _train(out: Path, resume: bool = False, crash: bool = False) -> dict:
 
     train_set, test_set = _datasets()
     # A well-conditioned run (the loss falls), so float rounding stays rounding: with the DPP at the full rate its
-    # saliency collapses within a step or two (README, "Known problem") and a diverging run turns 1e-7 differences
-    # into different runs, which says nothing about the data parallelism.
+    # saliency collapses within a step or two (docs/presets.md, "Known problem") and a diverging run turns 1e-7
+    # differences into different runs, which says nothing about the data parallelism.
     cfg = train_config("official", epochs=EPOCHS, batch_size=BATCH, lr=0.002, momentum=0.9, warmup_iters=0, seed=1,
                        prompt_lr_scale=2e-4)
     return train(_model(), CrashingDataset(train_set, CRASH_AFTER) if crash else train_set, cfg, out,

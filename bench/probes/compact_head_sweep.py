@@ -25,7 +25,8 @@ Settings (``--settings``, comma-separated names; default all):
                 ``whitening=True``, its CAH trained with CE on the fit classes, the whitening's shrinkage chosen on
                 validation and fitted on the fit classes
 
-    python bench/compact_head_sweep.py --checkpoint runs/compact-frpt-engine --feature-cache runs/features-lite0-224
+    python bench/probes/compact_head_sweep.py --checkpoint runs/compact-frpt-engine \\
+        --feature-cache runs/features-lite0-224
 
 Writes one JSON record per setting to ``--out`` (default runs/head-sweep.json) and prints a table.
 """
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from frpt.checkpoint import load_checkpoint  # noqa: E402

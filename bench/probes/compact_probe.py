@@ -8,7 +8,7 @@ the ablation holds it), then (a) the focus score, the share of the crop view's s
 box (the identity view scores the box's area share), (b) the IoU of the crop box with the box, (c) the zoom
 (image area / crop area). Boxes are used only here, to score; no row is trained with them.
 
-    python bench/compact_probe.py --checkpoint runs/ablation/compact/frpt/checkpoint \\
+    python bench/probes/compact_probe.py --checkpoint runs/ablation/compact/frpt/checkpoint \\
         --feature-cache runs/ablation/compact/features
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from frpt.checkpoint import load_checkpoint  # noqa: E402

@@ -7,7 +7,7 @@ For a block of ``--rows`` gallery rows of width ``--dim`` and a batch of ``--que
   select    the top-k of the scores by ``np.argpartition`` and by ``torch.topk``.
 Median seconds of ``--repeats`` runs; one JSON line.
 
-    python bench/bench_exact_blocks.py
+    python bench/probes/bench_exact_blocks.py
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import frpt.index as ix  # noqa: E402
 

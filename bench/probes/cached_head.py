@@ -6,7 +6,7 @@ on it with the preset's optimiser and schedule (frpt.training.build_optimizer / 
 ``python -m frpt train --variant pt+cah`` only by the missing augmentation; bench/RESULTS.md labels the row so.
 The result is a regular checkpoint (``frpt evaluate --checkpoint`` works on it) and a log.csv.
 
-Example: python bench/cached_head.py --preset paper --input-size 128 --epochs 10 --out runs/ablation/cached
+Example: python bench/probes/cached_head.py --preset paper --input-size 128 --epochs 10 --out runs/ablation/cached
 The row is merged into bench/results.json as profile "cached" (``--results ''`` to skip).
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ablation  # noqa: E402 - bench/ablation.py: the results.json record format
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(ablation.REPO / "bench" / "results.json"),
                    help="results.json to merge the row into ('' to skip)")
     args = p.parse_args(argv)
-    command = shlex.join(["python", "bench/cached_head.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "bench/probes/cached_head.py", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """How peaked a checkpoint's DPP saliency is on a few test images: the largest saliency cell (1/961 = uniform,
 1.0 = collapsed onto one cell) and the peak sampling density (16x16 bins, 1.0 = identity warp).
 
-Usage: python bench/saliency_stats.py --checkpoint DIR --dataset cub --root PATH [--images 8 --stride 500]
+Usage: python bench/probes/saliency_stats.py --checkpoint DIR --dataset cub --root PATH [--images 8 --stride 500]
 Prints one JSON line; used for the "DPP collapse" and quick-row notes in bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from frpt.checkpoint import load_checkpoint  # noqa: E402
 from frpt.data import build_dataset, build_transform  # noqa: E402

@@ -7,8 +7,9 @@ then picks ``--checkpoint`` in the sidebar as a user does. Measured, one JSON li
 
 - ``first-result``: seconds from the pick to the first ranked result on Retrieval (query + top K drawn);
 - ``first-map``: the same from a second cold start, on Embedding space, to the first map;
-- ``background-gallery``: from that pick until the background job has stored the whole gallery, beside a cold
-  ``python -m frpt embed`` of the same checkpoint (``embed-cold``, its own empty engine cache);
+- ``background-gallery``: from the pick until the background job has stored the whole gallery, the visitor staying
+  on Retrieval (first run) or on Embedding space (second run, whose maps are refitted as the gallery grows), beside
+  a cold ``python -m frpt embed`` of the same checkpoint (``embed-cold``, its own empty engine cache);
 - ``edit-under-job``: a what-if edit of the Prompt explorer (one query re-embedded under an edited prompt, the page
   run in this process through AppTest) while a gallery job runs, against the same edit on an idle machine;
 - ``resume``: the server killed in the middle of a job and started again: the job continues from its committed
@@ -152,6 +153,11 @@ def main() -> int:
                                  lambda s: s["images"] >= 9 and "Working on" in s["text"], args.timeout)
                 emit(bench="first-result", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
                      images=state["images"], screenshot=cold.shot("retrieval-partial"))
+                deadline = time.time() + args.timeout
+                while not path.is_file() and time.time() < deadline:
+                    time.sleep(1)
+                emit(bench="background-gallery", page="Retrieval", checkpoint=args.checkpoint,
+                     seconds=round(time.time() - t0, 1), stored=path.is_file())
             finally:
                 cold.close()
         if "map" in args.only:
@@ -166,8 +172,8 @@ def main() -> int:
                 deadline = time.time() + args.timeout
                 while not path.is_file() and time.time() < deadline:
                     time.sleep(1)
-                emit(bench="background-gallery", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
-                     stored=path.is_file())
+                emit(bench="background-gallery", page="Embedding space", checkpoint=args.checkpoint,
+                     seconds=round(time.time() - t0, 1), stored=path.is_file())
                 time.sleep(8)  # the page reruns on the stored gallery
                 emit(bench="complete-page", screenshot=cold.shot("embedding-complete"))
             finally:

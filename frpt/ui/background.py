@@ -12,6 +12,7 @@ from ..gallery import Gallery
 from . import cache
 
 REFRESH_S = 2.0
+GROWTH = 2.0  # the page reruns by itself when its gallery has grown this much (or is complete)
 WATCH = cache.WATCH
 AUTO = "frpt.auto_refresh"
 
@@ -23,14 +24,18 @@ def start_run() -> None:
 
 
 def _behind() -> bool:
-    """Whether a gallery this page drew has more rows ready now than when it was drawn, or a job it showed ended."""
+    """Whether a page it drew is due for a rerun: a gallery it drew has at least doubled (or is complete) since, or a
+    job it showed has ended. Doubling, not every shard: each rerun refits the Embedding space's maps in the server,
+    CPU the background job would otherwise have (the Refresh button reruns at once)."""
     for key, done in st.session_state.get(WATCH, {}).items():
         try:
             if key[0] == "job":
                 job = jobs.queue().get(key[1])
                 if job is None or not job.active:
                     return True
-            elif cache.gallery_ready(*key) > done:
+                continue
+            ready = cache.gallery_ready(*key)
+            if ready >= GROWTH * done and ready > done or ready >= cache.gallery_total(*key):
                 return True
         except Exception:  # noqa: BLE001 - a checkpoint removed meanwhile: the next full run says so
             continue

@@ -23,6 +23,7 @@ from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
 
 
 _umap_warmup: threading.Thread | None = None
+WARMUP_NICE = 15  # the warm-up thread's CPU priority: below a gallery job's (frpt.jobs.NICE = 10)
 WATCH = "frpt.watch"  # the partial galleries this page run draws, by (checkpoint, dataset, root): their rows ready
 
 
@@ -38,7 +39,15 @@ def start_umap_warmup() -> None:
 
         from ..projection import warm_umap
 
-        _umap_warmup = threading.Thread(target=warm_umap, name="frpt-umap-warmup", daemon=True)
+        def warm() -> None:
+            # Below a gallery job (frpt.jobs.NICE): numba's compile must not delay a fresh server's first shard.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
+            except (OSError, AttributeError):
+                pass
+            warm_umap()
+
+        _umap_warmup = threading.Thread(target=warm, name="frpt-umap-warmup", daemon=True)
         _umap_warmup.start()
 
 
@@ -115,6 +124,12 @@ def gallery_ready(ckpt: str, name: str, root: str | None) -> int:
     """Test images whose gallery rows a page can use now (:func:`frpt.gallery.gallery_progress`); cheap."""
     card_ = card(ckpt, stamp(ckpt))
     return gallery_progress(card_, dataset(name, root, "test", card_["input_size"]), root)
+
+
+def gallery_total(ckpt: str, name: str, root: str | None) -> int:
+    """Images in the test split (what a complete gallery accounts for)."""
+    card_ = card(ckpt, stamp(ckpt))
+    return len(dataset(name, root, "test", card_["input_size"]))
 
 
 def first_shard_images() -> int:

@@ -46,8 +46,34 @@ return {
 """
 
 
+WARM_ENGINE: Path | None = None
+
+
 def emit(**row) -> None:
     print(json.dumps(row), flush=True)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of this machine's processes by role: the app server, the gallery job's
+    child, Chromium, the rest; where a background gallery's time goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"server": 0.0, "job": 0.0, "chromium": 0.0, "other": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        role = ("job" if "frpt embed" in cmd else "server" if "streamlit run" in cmd else
+                "chromium" if "chrom" in cmd else "other")
+        out[role] += used
+    return out
+
+
+def cpu_since(start: dict[str, float]) -> dict[str, float]:
+    now = cpu_seconds()
+    return {k: round(now[k] - start.get(k, 0.0), 1) for k in now}
 
 
 def wait_for(driver, what: str, predicate, timeout: float) -> dict:
@@ -74,8 +100,11 @@ class ColdServer:
 
         self.bs, self.workdir, self.gallery = bs, workdir, gallery
         shutil.rmtree(gallery, ignore_errors=True)
-        os.environ["FRPT_CACHE_DIR"] = str(workdir / f"engine-cache-{tag}")
-        shutil.rmtree(os.environ["FRPT_CACHE_DIR"], ignore_errors=True)
+        if WARM_ENGINE is not None:  # --warm-engine: the compiled model is already there (a server that ran it)
+            os.environ["FRPT_CACHE_DIR"] = str(WARM_ENGINE)
+        else:
+            os.environ["FRPT_CACHE_DIR"] = str(workdir / f"engine-cache-{tag}")
+            shutil.rmtree(os.environ["FRPT_CACHE_DIR"], ignore_errors=True)
         self.port = bs.free_port()
         self.log = open(workdir / f"streamlit-{tag}.log", "wb")
         self.server = bs.start_server(self.port, self.log)
@@ -118,7 +147,10 @@ def main() -> int:
     p.add_argument("--workdir", default="runs/first_result")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--only", nargs="+", default=["result", "map", "embed", "edit", "resume"],
-                   choices=["result", "map", "embed", "edit", "resume"])
+                   choices=["result", "map", "embed", "edit", "resume", "shots"],
+                   help="shots (not in the default): a screenshot of each page in its partial state")
+    p.add_argument("--warm-engine", action="store_true",
+                   help="compile the backbone once first and keep that cache: no gallery, but a warm engine")
     args = p.parse_args()
 
     from frpt.checkpoint import load_card
@@ -141,11 +173,20 @@ def main() -> int:
     test = build_dataset("cub", "test", root=root, transform=build_transform(card["input_size"], train=False))
     path = gallery_file(card, test, root)
     reference = None
+    if args.warm_engine:
+        global WARM_ENGINE
+        WARM_ENGINE = workdir / "engine-cache-warm"
+        subprocess.run([sys.executable, "-c", "import sys; from frpt.checkpoint import load_checkpoint; "
+                        "from frpt.evaluation import embed_images; import torch; "
+                        "m, c = load_checkpoint(sys.argv[1]); embed_images(m, torch.rand(1, 3, c['input_size'], "
+                        "c['input_size']))", str(folder)], cwd=ROOT, check=True,
+                       env={**os.environ, "FRPT_CACHE_DIR": str(WARM_ENGINE)})
     try:
         if "result" in args.only:
             cold = ColdServer(workdir, args.checkpoint, stored, "result")
             try:
                 cold.open("Retrieval", args.timeout)
+                cpu0 = cpu_seconds()
                 t0 = cold.pick(args.checkpoint, args.timeout)
                 state = wait_for(cold.driver, "first ranked result",
                                  lambda s: args.checkpoint in s["text"] or s["images"] >= 9, args.timeout)
@@ -157,13 +198,32 @@ def main() -> int:
                 while not path.is_file() and time.time() < deadline:
                     time.sleep(1)
                 emit(bench="background-gallery", page="Retrieval", checkpoint=args.checkpoint,
-                     seconds=round(time.time() - t0, 1), stored=path.is_file())
+                     seconds=round(time.time() - t0, 1), stored=path.is_file(), cpu_s=cpu_since(cpu0))
+            finally:
+                cold.close()
+        if "shots" in args.only:
+            cold = ColdServer(workdir, args.checkpoint, stored, "shots")
+            try:
+                cold.open("Retrieval", args.timeout)
+                cold.pick(args.checkpoint, args.timeout)
+                wait_for(cold.driver, "first ranked result", lambda s: s["images"] >= 9 and "Working on" in s["text"],
+                         args.timeout)
+                for page, ready in (("Prompt_explorer", lambda s: s["images"] >= 10),
+                                    ("AB_retrieval", lambda s: "Working on" in s["text"] or "Embedding the first"
+                                     in s["text"]), ("Embedding_space", lambda s: s["charts"] >= 2),
+                                    ("Home", lambda s: "Background jobs" in s["text"] or True)):
+                    cold.driver.get(f"http://127.0.0.1:{cold.port}/{page}")
+                    state = wait_for(cold.driver, page, lambda s: not s.get("busy") and ready(s), args.timeout)
+                    time.sleep(3)
+                    emit(bench="partial-page", page=page, screenshot=cold.shot(f"partial-{page}"),
+                         note=[line for line in state["text"].splitlines() if "Working on" in line][:1])
             finally:
                 cold.close()
         if "map" in args.only:
             cold = ColdServer(workdir, args.checkpoint, stored, "map")
             try:
                 cold.open("Embedding_space", args.timeout)
+                cpu0 = cpu_seconds()
                 t0 = cold.pick(args.checkpoint, args.timeout)
                 wait_for(cold.driver, "first map", lambda s: s["charts"] >= 2 and "Working on" in s["text"],
                          args.timeout)
@@ -173,7 +233,7 @@ def main() -> int:
                 while not path.is_file() and time.time() < deadline:
                     time.sleep(1)
                 emit(bench="background-gallery", page="Embedding space", checkpoint=args.checkpoint,
-                     seconds=round(time.time() - t0, 1), stored=path.is_file())
+                     seconds=round(time.time() - t0, 1), stored=path.is_file(), cpu_s=cpu_since(cpu0))
                 time.sleep(8)  # the page reruns on the stored gallery
                 emit(bench="complete-page", screenshot=cold.shot("embedding-complete"))
             finally:
@@ -184,11 +244,12 @@ def main() -> int:
             shutil.copytree(folder, ref, ignore=shutil.ignore_patterns("gallery"))
             env = {**os.environ, "FRPT_CACHE_DIR": str(workdir / "engine-cache-embed")}
             shutil.rmtree(env["FRPT_CACHE_DIR"], ignore_errors=True)
-            t0 = time.time()
+            t0, cpu0 = time.time(), cpu_seconds()
             subprocess.run([sys.executable, "-m", "frpt", "embed", "--checkpoint", str(ref), "--dataset", "cub",
                             "--root", root, "--no-umap", "--quiet"], cwd=ROOT, env=env, check=True,
                            stdout=subprocess.DEVNULL)
-            emit(bench="embed-cold", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1))
+            emit(bench="embed-cold", checkpoint=args.checkpoint, seconds=round(time.time() - t0, 1),
+                 cpu_s=cpu_since(cpu0))
             reference = load_gallery(gallery_file(load_card(ref), test, root))
         if "edit" in args.only:
             edit_latency(folder, stored, root, workdir, args)

@@ -51,13 +51,18 @@ st.subheader("Why this match?")
 # browser showing the previous query's label (the options, 0..K-1, had not changed).
 results = logic.result_labels(ranking, gallery.indices)
 rank = results.index(st.selectbox("Result", results, key="ret.why"))
-result_image = ctx.image(int(gallery.indices[ranking.indices[rank]]))
-with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
-    ref_result = ctx.model.embed(result_image[None])[0]
-    ref_query = torch.tensor(np.asarray(q, np.float32))
+result_index = int(gallery.indices[ranking.indices[rank]])
+result_image = ctx.image(result_index)
 with st.spinner("Attributing the similarity..."):
-    on_query = explain.similarity_gradcam(ctx.model, query.image, ref_result)
-    on_result = explain.similarity_gradcam(ctx.model, result_image, ref_query)
+    if query.index is not None:  # two test images: computed once, shared, and free on a rerun
+        on_query, on_result = (torch.from_numpy(m) for m in cache.match_gradcams(
+            ctx.checkpoint, cache.stamp(ctx.checkpoint), ctx.dataset, ctx.root, query.index, result_index))
+    else:  # an upload
+        with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
+            ref_result = ctx.model.embed(result_image[None])[0]
+            ref_query = torch.tensor(np.asarray(q, np.float32))
+        on_query = explain.similarity_gradcam(ctx.model, query.image, ref_result)
+        on_result = explain.similarity_gradcam(ctx.model, result_image, ref_query)
 a, b, _, _ = st.columns(4)
 a.image(viz.heatmap_overlay(query.image, on_query), caption="query: what resembles the result", width="stretch")
 b.image(viz.heatmap_overlay(result_image, on_result), caption="result: what resembles the query", width="stretch")

@@ -324,6 +324,23 @@ def attributions(ckpt: str, card_stamp: float, name: str, root: str | None, inpu
     return attribution_images(net, dataset(name, root, "test", input_size)[index][0], method)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def match_gradcams(ckpt: str, card_stamp: float, name: str, root: str | None, query: int,
+                   result: int) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieval's "why this match?" for test images ``query`` and ``result``: Grad-CAM of each one's similarity to
+    the other's embedding (:func:`frpt.explain.similarity_gradcam`), computed once: a page rerun as its gallery
+    grows redraws it for free instead of taking CPU from the gallery job."""
+    from .. import explain
+
+    net, card_ = model(ckpt, card_stamp)
+    ds = dataset(name, root, "test", card_["input_size"])
+    q_image, r_image = ds[query][0], ds[result][0]
+    with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
+        ref_q, ref_r = net.embed(q_image[None])[0], net.embed(r_image[None])[0]
+    return (explain.similarity_gradcam(net, q_image, ref_r).numpy(),
+            explain.similarity_gradcam(net, r_image, ref_q).numpy())
+
+
 @st.cache_data(show_spinner="Scoring every test query...", max_entries=16)
 def query_ap(ckpt: str, card_stamp: float, name: str, root: str | None, indices: tuple[int, ...] | None = None,
              ready: int | None = None) -> np.ndarray:

@@ -212,7 +212,8 @@ def main() -> int:
                                     ("AB_retrieval", lambda s: "Working on" in s["text"] or "Embedding the first"
                                      in s["text"]), ("Embedding_space", lambda s: s["charts"] >= 2),
                                     ("Home", lambda s: "Background jobs" in s["text"] or True)):
-                    cold.driver.get(f"http://127.0.0.1:{cold.port}/{page}")
+                    cold.bs.nav_to(cold.driver, "" if page == "Home" else page, args.timeout)  # this session
+                    time.sleep(1)
                     state = wait_for(cold.driver, page, lambda s: not s.get("busy") and ready(s), args.timeout)
                     time.sleep(3)
                     emit(bench="partial-page", page=page, screenshot=cold.shot(f"partial-{page}"),

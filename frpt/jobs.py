@@ -148,6 +148,8 @@ class JobQueue:
         job that is not urgent."""
         with self._cond:
             known = self._jobs.get(job.key)
+            if known is not None and known.state == "done" and not Path(known.key).exists():
+                known = None  # its file was removed since (`frpt embed --recompute`, a hand): run it again
             if known is not None and (known.state != "failed" or not urgent):
                 if urgent and known.state == "queued" and not known.urgent:
                     known.urgent = True

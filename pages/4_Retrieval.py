@@ -47,6 +47,11 @@ with right:
                                   width="stretch")
 
 st.subheader("Why this match?")
+if not gallery.complete and not st.toggle("Explain the match now", key="ret.explain",
+                                          help="Grad-CAM takes the CPU the background gallery job is using; once the "
+                                               "gallery is complete this section is drawn by itself"):
+    st.caption("Two Grad-CAMs per match: off while the gallery is still being embedded, unless you ask.")
+    st.stop()
 # The labels themselves are the options: with positions as options and a format_func, a new query left the
 # browser showing the previous query's label (the options, 0..K-1, had not changed).
 results = logic.result_labels(ranking, gallery.indices)

@@ -23,7 +23,6 @@ from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
 
 
 _umap_warmup: threading.Thread | None = None
-WARMUP_NICE = 15  # the warm-up thread's CPU priority: below a gallery job's (frpt.jobs.NICE = 10)
 WATCH = "frpt.watch"  # the partial galleries this page run draws, by (checkpoint, dataset, root): their rows ready
 
 
@@ -40,11 +39,19 @@ def start_umap_warmup() -> None:
         from ..projection import warm_umap
 
         def warm() -> None:
-            # Below a gallery job (frpt.jobs.NICE): numba's compile must not delay a fresh server's first shard.
+            # Idle priority (Linux SCHED_IDLE, else nice 19): numba's ~60 CPU-seconds of compiling run only on a core
+            # nothing else wants, never beside a fresh server's first gallery shard (measured: it took a quarter of
+            # a core from the job at nice 15).
+            tid = threading.get_native_id()
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARMUP_NICE)
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             except (OSError, AttributeError):
-                pass
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, 19)
+                except (OSError, AttributeError):
+                    pass
+            while any(job.state == "running" for job in jobs.queue().jobs()):
+                time.sleep(5)  # and not beside a job at all: compiling thrashes the cache the job's kernels use
             warm_umap()
 
         _umap_warmup = threading.Thread(target=warm, name="frpt-umap-warmup", daemon=True)

@@ -214,16 +214,14 @@ def sidebar() -> Context:
             st.stop()
         ctx = Context(str(Path(path)), card_, name, root)
         try:
-            ctx.model
             ds = ctx.test_set()
+            # Chosen: its gallery job starts now, whatever the page, before this process loads the model too.
+            cache.request_gallery(ctx.checkpoint, name, root)
+            ctx.model
         except FRPTError as exc:
             st.error(str(exc))
             st.stop()
         st.caption(f"{card_.get('preset')}/{card_.get('variant')} on {card_['backbone'].get('name')}, "
                    f"{card_['input_size']} px · {name}: {len(ds):,} test images, {len(ds.classes):,} classes")
-        try:
-            cache.request_gallery(ctx.checkpoint, name, root)  # chosen: its gallery starts now, whatever the page
-        except FRPTError:
-            pass  # the page that needs the gallery says why
         background.job_lines()
     return ctx

@@ -243,7 +243,9 @@ def compiled_runner(backbone: Backbone, size: int, stride: int | None, plan_: Pl
         folder.parent.mkdir(parents=True, exist_ok=True)
         # One process converts and compiles (filling OpenVINO's blob cache) while another asking for the same model
         # (the app server beside its gallery job) waits, then loads the result in a fraction of the time.
-        with FileLock(str(folder.parent / f"{folder.name}.lock")):
+        locks = cache_dir() / "locks"  # beside engines/, never inside it: engines/ holds only finished models
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / f"{folder.name}.lock")):
             if (folder / "key.json").is_file():
                 try:
                     runner = _LOADED[name] = _Runner(plan_.engine, folder, plan_.precision, torch.get_num_threads())

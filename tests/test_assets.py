@@ -121,7 +121,9 @@ def test_the_embedding_page_knows_when_before_and_after_the_head_are_one_map():
     cub = bundled_cub_checkpoints()
     assert head_is_identity(load_card(demo_checkpoint_dir("pt")))  # no head at all
     assert head_is_identity(load_card(demo_checkpoint_dir("no-cah")))  # DPP + PT: no head either
-    assert not head_is_identity(load_card(cub["cub/compact-frpt"]))  # its CAH trained 3 epochs
+    # retrained after the crop fix, its validation kept the untrained CAH (identity init): one map, and the page says so
+    assert head_is_identity(load_card(cub["cub/compact-frpt"]))
+    assert not head_is_identity(load_card(cub["cub/compact-frpt-288"]))  # its head whitens
     assert not head_is_identity(load_card(cub["cub/paper-frpt"]))  # the published CAH (no identity init)
     frpt = load_card(demo_checkpoint_dir("frpt"))
     assert not head_is_identity(frpt)  # its head whitens (frpt.demo.WHITENED), whatever epoch its CAH stopped at

@@ -165,13 +165,24 @@ def gallery_progress(card: dict[str, Any], dataset: RetrievalDataset, root: str 
     data = _committed(card, dataset, path)
     if data is None:
         return 0
-    key = data["key"]
-    ready = 0
-    for k, (_, end) in enumerate(shard_bounds(len(dataset), key["shard_size"], key.get("first_shard", FIRST_SHARD))):
-        if str(k) not in data["shards"]:
-            break
-        ready = end
-    return ready
+    bounds = _run_bounds(data, len(dataset))
+    leading = _leading_shards(data, bounds)
+    return bounds[leading - 1][1] if leading else 0
+
+
+def _run_bounds(data: dict[str, Any], n: int) -> list[tuple[int, int]]:
+    """The shard bounds of the run a manifest records (its shard size and first shard)."""
+    return shard_bounds(n, data["key"]["shard_size"], data["key"].get("first_shard", FIRST_SHARD))
+
+
+def _leading_shards(data: dict[str, Any], bounds: list[tuple[int, int]], ready: int | None = None) -> int:
+    """How many shards from the first on a manifest has committed without a gap (only those ending by ``ready``):
+    the rows a partial gallery may use, a prefix of the embedding order."""
+    leading = 0
+    while (leading < len(bounds) and str(leading) in data["shards"]
+           and (ready is None or bounds[leading][1] <= ready)):
+        leading += 1
+    return leading
 
 
 def _prefix(dataset: RetrievalDataset, ready: int) -> np.ndarray:
@@ -205,12 +216,7 @@ def partial_gallery(card: dict[str, Any], dataset: RetrievalDataset, root: str |
         if data is None:
             continue
         key = data["key"]
-        bounds = shard_bounds(len(dataset), key["shard_size"], key.get("first_shard", FIRST_SHARD))
-        leading = 0
-        while (leading < len(bounds) and str(leading) in data["shards"]
-               and (ready is None or bounds[leading][1] <= ready)):
-            leading += 1
-        records = [data["shards"][str(k)] for k in range(leading)]
+        records = [data["shards"][str(k)] for k in range(_leading_shards(data, _run_bounds(data, len(dataset)), ready))]
         try:
             blocks = []
             for k, rec in enumerate(records):

@@ -11,11 +11,13 @@ Cost: the split is read once; each batch goes through every setting. For the cro
 and flipped images do not depend on the prompt: they are computed once per batch (or read from the compact
 preset's feature cache, :mod:`frpt.feature_cache`) and only the two crop views are run per setting; the identity
 setting's crops are the original images, so it costs no backbone pass. The curve is stored beside the checkpoint's
-gallery (``<checkpoint>/gallery/<gallery stem>.sweep.json``) with, for the identity and learned settings, each
-query's nearest neighbour, from which :func:`class_effects` finds the classes the prompt helps and hurts most.
+gallery (``<checkpoint>/gallery/<dataset>-<split>-<key>.sweep.json``, a key that does not depend on where the
+dataset lives: :func:`sweep_file`) with, for the identity and learned settings, each query's nearest neighbour,
+from which :func:`class_effects` finds the classes the prompt helps and hurts most.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -187,13 +189,39 @@ def _known_maps(model: FRPT, images: torch.Tensor, index: torch.Tensor, cached, 
 
 # ---------------------------------------------------------------- storage
 
-def sweep_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None) -> Path:
-    """Where the curve of ``card``'s checkpoint on ``dataset`` lives: beside its gallery, keyed alike (weights,
-    dataset, root, size), so a retrained checkpoint or another dataset never shows a stale curve."""
-    from .gallery import gallery_file
+def split_fingerprint(dataset: RetrievalDataset) -> str:
+    """sha256 of what the split holds, wherever its folder lives: its class names, then each image's path relative
+    to the dataset's root (``/``-separated; a generated set's sample ids as they are) and its label, in dataset
+    order (the order the curve's per-query neighbours index). The same split read from another folder, another
+    mount or another machine has the same fingerprint; a split with another image, label or order has another."""
+    base = dataset.root
+    prefix = os.path.join(base, "") if base else None
+    digest = hashlib.sha256()
+    digest.update(json.dumps(list(dataset.classes)).encode())
+    for path, label in dataset.samples:
+        path = os.fspath(path)
+        if prefix is not None:
+            path = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, base)
+        digest.update(f"\n{path.replace(os.sep, '/')}\t{int(label)}".encode())
+    return digest.hexdigest()
 
-    path = gallery_file(card, dataset, root)
-    return path.with_name(f"{path.stem}.sweep.json")
+
+def sweep_file(card: dict[str, Any], dataset: RetrievalDataset, root: str | os.PathLike | None = None) -> Path:
+    """Where the curve of ``card``'s checkpoint on ``dataset`` lives: beside its gallery
+    (``<checkpoint>/gallery/<dataset>-<split>-<key>.sweep.json``), keyed on the weights (sha256), the dataset's
+    name and split, its number of images, the input size and :func:`split_fingerprint`, so a retrained checkpoint,
+    another split or another copy of the data with other contents never shows a stale curve.
+
+    The key is portable on purpose: unlike :func:`frpt.gallery.gallery_file`'s, it does not hash the dataset
+    root's absolute path, so a curve shipped with a checkpoint (``assets/cub/<name>/gallery/``) is found on any
+    machine whose copy of the split holds the same images and labels in the same order. ``root`` is not part of the
+    key (the dataset knows where it was read from); it stays in the signature for the callers that pass it. A curve
+    stored under the earlier key (which hashed the absolute root, before this one) is simply not found: the page
+    offers to compute it again, and ``frpt sweep`` writes it under this key."""
+    ident = {"weights": card["files"].get("weights_sha256"), "dataset": dataset.name, "split": dataset.split,
+             "n": len(dataset), "input": card["input_size"], "contents": split_fingerprint(dataset)}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(card["path"]) / "gallery" / f"{dataset.name}-{dataset.split}-{key}.sweep.json"
 
 
 def save_sweep(path: Path, result: SweepResult, card: dict[str, Any]) -> Path:
@@ -271,4 +299,4 @@ def class_effects(result: SweepResult, n: int = 5) -> tuple[list[ClassEffect], l
 
 
 __all__ = ["TEMPERATURES", "SCALES", "Setting", "prompt_kind", "sweep_settings", "SettingResult", "SweepResult",
-           "run_sweep", "sweep_file", "save_sweep", "load_sweep", "ClassEffect", "class_effects"]
+           "run_sweep", "split_fingerprint", "sweep_file", "save_sweep", "load_sweep", "ClassEffect", "class_effects"]

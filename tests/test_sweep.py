@@ -1,6 +1,7 @@
 """The prompt sweep (frpt.sweep, `frpt sweep`): settings, the learned setting reproducing `evaluate`, the compact
 feature cache reused, the stored curve, and the classes the prompt helps and hurts."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from frpt.demo import available_demos
 from frpt.errors import ConfigError
 from frpt.evaluation import evaluate
 from frpt.models import RANDOM_WEIGHTS, build_model
-from frpt.sweep import (SettingResult, SweepResult, class_effects, load_sweep, run_sweep, save_sweep,
+from frpt.sweep import (SettingResult, SweepResult, class_effects, load_sweep, run_sweep, save_sweep, sweep_file,
                         sweep_settings)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +136,51 @@ def test_stored_curve_round_trips_and_stale_or_damaged_files_are_ignored(tmp_pat
     assert load_sweep(path, {"files": {"weights_sha256": "other"}}) is None  # retrained weights: stale
     path.write_text('{"format": "frpt-prompt-sweep", "settings": [')
     assert load_sweep(path, card) is None
+
+
+def test_the_stored_curve_is_found_wherever_the_dataset_lives(fake_cub, tmp_path):
+    """The curve's file name does not hash the dataset root's absolute path (a curve shipped beside a checkpoint in
+    assets/ must be found on another machine): the same split read through a symlink, from a copy elsewhere or
+    from the folder above CUB_200_2011 names the same file; other weights, another split or other contents do not."""
+    first = fake_cub(tmp_path / "a" / "CUB_200_2011")
+    (tmp_path / "link").symlink_to(first, target_is_directory=True)
+    copy = tmp_path / "elsewhere" / "deeper" / "CUB_200_2011"
+    shutil.copytree(first, copy)
+    card = {"files": {"weights_sha256": "abc"}, "input_size": 64, "path": str(tmp_path / "ckpt")}
+
+    def name(root, split="test", card=card):
+        return sweep_file(card, build_dataset("cub", split, root=root), root)
+
+    path = name(first)
+    assert path.parent == tmp_path / "ckpt" / "gallery" and path.name.startswith("cub-test-")
+    assert path.name.endswith(".sweep.json")
+    for root in (tmp_path / "link", copy, first.parent, Path(os.path.relpath(copy))):
+        assert name(root) == path, root
+    assert sweep_file(card, build_dataset("cub", "test", root=copy)) == path  # the root argument is not the key
+    assert name(first, "train") != path
+    assert name(first, card={**card, "files": {"weights_sha256": "retrained"}}) != path
+    assert name(first, card={**card, "input_size": 96}) != path
+    labels = copy / "image_class_labels.txt"  # two test images of the copy trade classes: other contents
+    lines = labels.read_text().splitlines()
+    lines[6], lines[9] = lines[6].replace(" 3", " 4"), lines[9].replace(" 4", " 3")
+    labels.write_text("\n".join(lines) + "\n")
+    assert name(copy) != path
+
+
+def test_the_shipped_sweep_of_the_288_checkpoint_is_found_on_this_cub(cub_root):
+    """assets/cub/compact-frpt-288 ships its CUB prompt sweep (bench/RESULTS.md, "The prompt's strength swept on
+    CUB"): it is found under this machine's CUB folder, is for these weights, and holds the recorded figures."""
+    from frpt.checkpoint import load_card
+    from frpt.demo import bundled_cub_checkpoints
+
+    card = load_card(bundled_cub_checkpoints()["cub/compact-frpt-288"])
+    test = build_dataset("cub", "test", root=cub_root)
+    result = load_sweep(sweep_file(card, test, cub_root), card)
+    assert result is not None and len(result.settings) == 12 and len(result.labels) == len(test) == 5924
+    assert np.array_equal(result.labels, test.targets)
+    figures = {s.setting: (round(100 * s.metrics["recall@1"], 2), round(100 * s.metrics["map@r"], 2))
+               for s in result.settings}
+    assert figures["learned"] == (68.05, 23.87) and figures["identity"] == (61.95, 20.25)
 
 
 def test_class_effects_rank_classes_by_their_r1_change_with_a_flipped_example():

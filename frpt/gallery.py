@@ -50,7 +50,7 @@ from .models import FRPT, file_sha256
 
 SHARD_SIZE = 1024
 FIRST_SHARD = 200  # the first shard: two images of each of CUB's 100 test classes, a usable gallery in seconds
-ORDER = "class-stratified-v1"  # recorded in the manifest key: another order is another run
+ORDER = "class-stratified-v2"  # recorded in the manifest key: another order is another run (v2: class heads first)
 MANIFEST_FORMAT = "frpt-gallery-parts"
 MANIFEST_VERSION = 1
 
@@ -252,15 +252,19 @@ def _shard_name(k: int) -> str:
 
 
 def embedding_order(labels: np.ndarray | list[int], seed: int = 0) -> np.ndarray:
-    """Dataset indices in a class-stratified order: each class's images in a seeded shuffle, interleaved so that
-    any prefix holds every class in proportion to its size (image j of a class of n sits at (j + u) / n, u a
-    per-class offset in [0, 1)). A partial gallery is then a fair sample of the split, not its first classes."""
+    """Dataset indices in a class-stratified order: each class's images interleaved so that any prefix holds every
+    class in proportion to its size (image j of a class of n sits at (j + u) / n, u a per-class offset in [0, 1)).
+    A partial gallery is then a fair sample of the split, not its first classes. Within a class the first image (in
+    dataset order) comes first and the rest follow in a seeded shuffle: the image a page opens a class on is in
+    the first shard, so the default query of every class is ready as soon as that shard lands."""
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     keys = np.empty(len(labels), dtype=np.float64)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        keys[rng.permutation(members)] = (np.arange(len(members)) + rng.random()) / len(members)
+        offset = rng.random()
+        ranked = np.concatenate([members[:1], rng.permutation(members[1:])])
+        keys[ranked] = (np.arange(len(members)) + offset) / len(members)
     return np.lexsort((np.arange(len(labels)), keys))
 
 

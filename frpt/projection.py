@@ -60,11 +60,12 @@ def umap_2d(x: np.ndarray, seed: int = 0, *, n_neighbors: int = 15, min_dist: fl
         return reducer.fit_transform(x).astype(np.float32)
 
 
-def warm_umap() -> None:
-    """Fit a tiny UMAP once so numba compiles its kernels now, not on a user's first map (see module docstring)."""
-    # Above 4,096 points umap-learn switches to pynndescent, whose kernels compile separately: warm both paths.
+def warm_umap(large: bool = True) -> None:
+    """Fit a tiny UMAP once so numba compiles its kernels now, not on a user's first map (see module docstring).
+    Above 4,096 points umap-learn switches to pynndescent, whose kernels compile separately (24 s more on 2 cores):
+    ``large`` warms that path too."""
     rng = np.random.default_rng(0)
-    for n in (64, 4200):
+    for n in (64, 4200) if large else (64,):
         umap_2d(rng.standard_normal((n, 8)).astype(np.float32), n_epochs=10, pca_dims=None)
 
 
@@ -145,10 +146,13 @@ def load_gallery_map(path: Path, n_gallery: int) -> GalleryMap | None:
 
 
 def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int = 0, recompute: bool = False,
-                 progress: Callable[[float, str], None] | None = None) -> GalleryMap:
+                 progress: Callable[[float, str], None] | None = None,
+                 fit: Callable[[np.ndarray, int], np.ndarray] | None = None) -> GalleryMap:
     """Load or compute (and store atomically) the UMAP of ``gallery`` before and after the head. A partial gallery's
     map (:func:`frpt.gallery.partial_gallery`, still being embedded) is computed and returned, never stored: it is
-    not the checkpoint's."""
+    not the checkpoint's. ``fit(x, seed)``: :func:`umap_2d` unless given (the app fits in a worker process,
+    :func:`frpt.workers.umap_2d`)."""
+    fit = fit or umap_2d
     path = umap_file(gallery, max_points, seed)
     cached = None if recompute or not gallery.complete else load_gallery_map(path, len(gallery.ids))
     if cached is not None:
@@ -156,9 +160,9 @@ def gallery_umap(gallery: Gallery, *, max_points: int | None = None, seed: int =
     report = progress or (lambda fraction, text: None)
     idx = subsample(len(gallery.ids), max_points, seed)
     report(0.05, f"UMAP of {len(idx)} embeddings before the head")
-    before = umap_2d(gallery.embeddings.before[idx], seed)
+    before = fit(gallery.embeddings.before[idx], seed)
     report(0.5, f"UMAP of {len(idx)} embeddings after the head")
-    after = procrustes_align(umap_2d(gallery.embeddings.after[idx], seed), before)
+    after = procrustes_align(fit(gallery.embeddings.after[idx], seed), before)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -5,7 +5,7 @@ import torch
 
 from frpt import explain, viz
 from frpt.evaluation import embed_images
-from frpt.ui import cache, logic, pick_image, sidebar
+from frpt.ui import cache, heavy, logic, pick_image, sidebar
 
 st.set_page_config(page_title="Retrieval · FRPT Studio", layout="wide")
 ctx = sidebar()
@@ -63,11 +63,12 @@ with st.spinner("Attributing the similarity..."):
         on_query, on_result = (torch.from_numpy(m) for m in cache.match_gradcams(
             ctx.checkpoint, cache.stamp(ctx.checkpoint), ctx.dataset, ctx.root, query.index, result_index))
     else:  # an upload
-        with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
-            ref_result = ctx.model.embed(result_image[None])[0]
-            ref_query = torch.tensor(np.asarray(q, np.float32))
-        on_query = explain.similarity_gradcam(ctx.model, query.image, ref_result)
-        on_result = explain.similarity_gradcam(ctx.model, result_image, ref_query)
+        with heavy.slot("Why this match"):
+            with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
+                ref_result = ctx.model.embed(result_image[None])[0]
+                ref_query = torch.tensor(np.asarray(q, np.float32))
+            on_query = explain.similarity_gradcam(ctx.model, query.image, ref_result)
+            on_result = explain.similarity_gradcam(ctx.model, result_image, ref_query)
 a, b, _, _ = st.columns(4)
 a.image(viz.heatmap_overlay(query.image, on_query), caption="query: what resembles the result", width="stretch")
 b.image(viz.heatmap_overlay(result_image, on_result), caption="result: what resembles the query", width="stretch")

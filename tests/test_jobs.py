@@ -68,11 +68,27 @@ def test_every_prefix_of_the_embedding_order_holds_every_class_in_proportion(lab
         assert np.all(np.abs(got - m * counts / len(labels)) <= 1.0), (m, got)
 
 
+@pytest.mark.parametrize("labels", [np.repeat(np.arange(10), 24), np.repeat(np.arange(4), [5, 50, 20, 100])])
+def test_each_class_is_embedded_from_the_image_a_page_opens_it_on(labels):
+    # A page opens a class on its first image (dataset order): that image is its class's first row embedded, the
+    # rest of the class a shuffled sample after it, not its next files.
+    order = embedding_order(labels)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        embedded = [i for i in order.tolist() if labels[i] == c]
+        assert embedded[0] == members[0] and (len(members) < 5 or embedded[1:] != sorted(embedded[1:]))
+    if len(set(np.bincount(labels))) == 1:  # classes of one size: every class head in the first two rounds
+        heads = {int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)}
+        assert heads <= set(order[:2 * len(heads)].tolist())
+
+
 def test_every_prefix_of_cub_test_order_covers_all_100_classes(cub_root):
     ds = build_dataset("cub", "test", root=str(cub_root))
     labels = np.array([y for _, y in ds.samples])
     first = shard_bounds(len(ds))[0][1]
-    assert first <= 200 and len(np.unique(labels[embedding_order(labels)[:first]])) == 100
+    order = embedding_order(labels)
+    assert first <= 200 and len(np.unique(labels[order[:first]])) == 100
+    assert {int(np.flatnonzero(labels == c)[0]) for c in range(100)} <= set(order[:first].tolist())  # class heads
 
 
 def test_shards_start_small_and_double_to_the_shard_size():
@@ -81,13 +97,29 @@ def test_shards_start_small_and_double_to_the_shard_size():
     assert shard_bounds(7, shard_size=2) == [(0, 2), (2, 4), (4, 6), (6, 7)]
 
 
-def test_a_job_stores_what_frpt_embed_stores(demo, tmp_path, run_jobs):
+@pytest.mark.parametrize("child", ["fresh", "spare", "stale spare"])
+def test_a_job_stores_what_frpt_embed_stores(demo, tmp_path, run_jobs, monkeypatch, child):
+    # "spare": the server's queue runs the job in a child started (and imported) ahead of it; "stale spare": one
+    # started under another environment is not used (a fresh child runs the job).
     _, card = load_checkpoint(demo)
     ds = _split(card)
-    queue = jobs.JobQueue()
-    job = queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD), urgent=True)
-    assert queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD)) is job  # one per gallery
-    assert queue.wait(job.key, timeout=300).state == "done", job.error
+    queue = jobs.JobQueue(spare=child != "fresh")
+    queue._start_worker()
+    spare = queue._spare[0].pid if queue._spare else None
+    if child == "stale spare":
+        monkeypatch.setenv("FRPT_TEST_CHANGED", "1")
+    try:
+        job = queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD), urgent=True)
+        assert queue.submit(jobs.gallery_job(str(demo), card, ds, None, shard_size=SHARD)) is job  # one per gallery
+        _wait(lambda: queue._proc is not None or not job.active, what="the job's child")
+        ran_in = queue._proc.pid if queue._proc is not None else None
+        assert queue.wait(job.key, timeout=300).state == "done", job.error
+        if child == "spare":
+            assert ran_in == spare and queue._spare is not None and queue._spare[0].pid != spare  # and refilled
+        else:
+            assert spare is None or ran_in != spare
+    finally:
+        queue.close()
     stored, reference = load_gallery(gallery_file(card, ds, None)), _reference(demo, tmp_path)
     assert stored.ids == reference.ids == [s for s, _ in ds.samples]  # dataset order, whatever the embedding order
     np.testing.assert_allclose(stored.embeddings.after, reference.embeddings.after, atol=1e-6)

@@ -3,6 +3,7 @@ works on a partial gallery, and the refresh as its shards land. Pages only read 
 gallery (:func:`frpt.ui.cache.gallery`) is what starts its job."""
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import streamlit as st
@@ -12,6 +13,8 @@ from ..gallery import Gallery
 from . import cache
 
 REFRESH_S = 2.0
+FIRST_ROWS_POLL_S = 0.2
+FIRST_ROWS_WAIT_S = 60.0
 GROWTH = 2.0  # the page reruns by itself when its gallery has grown this much (or is complete)
 WATCH = cache.WATCH
 AUTO = "frpt.auto_refresh"
@@ -81,7 +84,10 @@ def job_note(job: jobs.Job, text: str) -> None:
 
 
 def waiting_note(ckpt: str, name: str, root: str | None) -> None:
-    """The page's note before the first shard of its gallery lands (seconds); the sidebar reruns the page then."""
+    """The page's note before the first shard of its gallery lands (seconds). The page run waits here for those
+    rows, polling the manifest, and reruns the moment they land (the sidebar's poll would add up to
+    :data:`REFRESH_S`); after :data:`FIRST_ROWS_WAIT_S` (a job queued behind another) it leaves that to the sidebar.
+    The line under the note is redrawn each poll: a point where a click elsewhere ends this run at once."""
     job = cache.request_gallery(ckpt, name, root)
     if job is not None and job.state == "failed":
         st.error(f"The test gallery could not be embedded: {job.error}")
@@ -90,3 +96,13 @@ def waiting_note(ckpt: str, name: str, root: str | None) -> None:
     st.info(("Queued behind another background job. " if queued else "")
             + f"Embedding the first {cache.first_shard_images():,} test images (a sample of every class); this page "
             "fills in as soon as they land, then grows as the rest are embedded.", icon=":material/hourglass_top:")
+    if job is None or not job.active or not jobs.jobs_enabled():
+        return
+    clock, started, shown = st.empty(), time.monotonic(), -1
+    while (waited := time.monotonic() - started) < FIRST_ROWS_WAIT_S:
+        if cache.gallery_ready(ckpt, name, root) > 0:
+            st.rerun()
+        if int(waited) != shown:  # once a second: each redraw costs the browser too
+            shown = int(waited)
+            clock.caption(f"{shown} s")
+        time.sleep(FIRST_ROWS_POLL_S)

@@ -3,7 +3,6 @@ read-only shared objects (models, datasets, stored arrays); per-user state lives
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,47 +14,21 @@ import torch
 from ..checkpoint import load_card, load_checkpoint
 from ..data import build_dataset, build_transform
 from ..data.base import RetrievalDataset
-from .. import jobs
+from .. import jobs, workers
+from . import heavy
 from ..gallery import Gallery, gallery_embeddings, gallery_file, gallery_progress, load_gallery, partial_gallery
 from ..jobs import Job, background_min
 from ..models import FRPT
 from ..projection import GalleryMap, gallery_umap, load_gallery_map, umap_file
 
 
-_umap_warmup: threading.Thread | None = None
 WATCH = "frpt.watch"  # the partial galleries this page run draws, by (checkpoint, dataset, root): their rows ready
 
 
 def start_umap_warmup() -> None:
-    """Compile UMAP's numba kernels once per server process, in the background, before anyone opens a map
-    (:func:`frpt.projection.warm_umap`). ``FRPT_WARM_UMAP=0`` turns it off (the test suite does)."""
-    global _umap_warmup
-    if _umap_warmup is None and os.environ.get("FRPT_WARM_UMAP", "1") != "0":
-        # Imported here, in the page's thread, not in the warm-up thread: umap pulls in pandas, sklearn and scipy,
-        # and a module imported by two threads at once can reach the page half-initialised ("partially
-        # initialized module 'pandas' has no attribute 'Series'" from plotly, seen 1 run in 3). Once per process.
-        import umap  # noqa: F401
-
-        from ..projection import warm_umap
-
-        def warm() -> None:
-            # Idle priority (Linux SCHED_IDLE, else nice 19): numba's ~60 CPU-seconds of compiling run only on a core
-            # nothing else wants, never beside a fresh server's first gallery shard (measured: it took a quarter of
-            # a core from the job at nice 15).
-            tid = threading.get_native_id()
-            try:
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            except (OSError, AttributeError):
-                try:
-                    os.setpriority(os.PRIO_PROCESS, tid, 19)
-                except (OSError, AttributeError):
-                    pass
-            while any(job.state == "running" for job in jobs.queue().jobs()):
-                time.sleep(5)  # and not beside a job at all: compiling thrashes the cache the job's kernels use
-            warm_umap()
-
-        _umap_warmup = threading.Thread(target=warm, name="frpt-umap-warmup", daemon=True)
-        _umap_warmup.start()
+    """Warm UMAP's numba kernels once per server, in the worker process that fits the maps
+    (:mod:`frpt.workers`), before anyone opens a map. ``FRPT_WARM_UMAP=0`` turns it off (the test suite does)."""
+    workers.warm(job_running=lambda: any(job.state == "running" for job in jobs.queue().jobs()))
 
 
 def stamp(path: str | os.PathLike) -> float:
@@ -192,7 +165,8 @@ def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None,
     path = umap_file(g, max_points)
     if not path.is_file():
         bar = st.progress(0.0, text="Computing the UMAP maps once (stored beside the checkpoint)...")
-        gallery_umap(g, max_points=max_points, progress=lambda f, text: bar.progress(f, text=f"UMAP: {text}"))
+        gallery_umap(g, max_points=max_points, progress=lambda f, text: bar.progress(f, text=f"UMAP: {text}"),
+                     fit=workers.umap_2d)
         bar.empty()
     return _stored_map(str(path), path.stat().st_mtime, len(g.ids))
 
@@ -200,7 +174,7 @@ def gallery_map(ckpt: str, name: str, root: str | None, max_points: int | None,
 @st.cache_resource(show_spinner="Fitting UMAP to the images embedded so far...", max_entries=4)
 def _partial_map(ckpt: str, card_stamp: float, name: str, root: str | None, max_points: int | None,
                  ready: int) -> GalleryMap:
-    return gallery_umap(gallery(ckpt, name, root, ready), max_points=max_points)
+    return gallery_umap(gallery(ckpt, name, root, ready), max_points=max_points, fit=workers.umap_2d)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -310,7 +284,8 @@ def attribution_images(net: FRPT, image: torch.Tensor, method: str) -> dict[str,
     """Overlays of Grad-CAM ("gradcam") or Integrated Gradients ("ig") on the original and the warped image."""
     from .. import explain, viz
 
-    views = explain.gradcam_views(net, image) if method == "gradcam" else explain.ig_views(net, image)
+    with heavy.slot("Grad-CAM" if method == "gradcam" else "Integrated Gradients"):
+        views = explain.gradcam_views(net, image) if method == "gradcam" else explain.ig_views(net, image)
     if method == "ig":  # pixel attributions are speckled: a light blur makes the overlay readable
         import torch.nn.functional as F
 
@@ -342,10 +317,11 @@ def match_gradcams(ckpt: str, card_stamp: float, name: str, root: str | None, qu
     net, card_ = model(ckpt, card_stamp)
     ds = dataset(name, root, "test", card_["input_size"])
     q_image, r_image = ds[query][0], ds[result][0]
-    with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
-        ref_q, ref_r = net.embed(q_image[None])[0], net.embed(r_image[None])[0]
-    return (explain.similarity_gradcam(net, q_image, ref_r).numpy(),
-            explain.similarity_gradcam(net, r_image, ref_q).numpy())
+    with heavy.slot("Why this match"):
+        with torch.no_grad():  # references under no_grad (not inference_mode): they enter the attribution's graph
+            ref_q, ref_r = net.embed(q_image[None])[0], net.embed(r_image[None])[0]
+        return (explain.similarity_gradcam(net, q_image, ref_r).numpy(),
+                explain.similarity_gradcam(net, r_image, ref_q).numpy())
 
 
 @st.cache_data(show_spinner="Scoring every test query...", max_entries=16)
@@ -393,4 +369,5 @@ def warp_records(ckpt: str, card_stamp: float, name: str, root: str | None, indi
     from ..warp_gallery import warp_records as compute
 
     net, card_ = model(ckpt, card_stamp)
-    return compute(net, dataset(name, root, "test", card_["input_size"]), list(indices))
+    with heavy.slot("The warp gallery"):
+        return compute(net, dataset(name, root, "test", card_["input_size"]), list(indices))

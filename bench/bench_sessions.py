@@ -88,6 +88,48 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+class Prober(threading.Thread):
+    """Whether the server stays responsive while visitors compute (issue 28, item 4): every ``period`` s, the time
+    of a GET of ``/_stcore/health`` and of the page shell ``/`` (the HTML a new tab loads first)."""
+
+    def __init__(self, base: str, period: float = 2.0):
+        super().__init__(daemon=True)
+        self.base, self.period = base, period
+        self.times: dict[str, list[float]] = {"health": [], "shell": []}
+        self.failures = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+
+        while not self._halt.is_set():
+            for name, path in (("health", "/_stcore/health"), ("shell", "/")):
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(self.base + path, timeout=30) as reply:
+                        reply.read()
+                    self.times[name].append(time.perf_counter() - t0)
+                except Exception:  # noqa: BLE001 - counted: a probe that got no answer within 30 s
+                    self.failures += 1
+            self._halt.wait(self.period)
+
+    def stop(self) -> dict:
+        self._halt.set()
+        self.join(timeout=40)
+        return {name: percentiles(values) for name, values in self.times.items()} | {"failures": self.failures}
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    """p50 / p95 / max (seconds) and the count of ``values``."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 3), "p95": round(float(np.percentile(v, 95)), 3),
+            "max": round(float(v.max()), 3)}
+
+
 class RssSampler(threading.Thread):
     """RSS of ``pid`` plus its descendants every ``period`` s (MiB)."""
 
@@ -563,6 +605,7 @@ def main() -> None:
     server = start_server(port, log)
     sampler = RssSampler(server.pid)
     sampler.start()
+    prober = Prober(f"http://127.0.0.1:{port}")
     renicer = Renicer(os.getpid())
     renicer.start()
     drivers: list = []
@@ -582,6 +625,7 @@ def main() -> None:
             warm.clear()
             print(f"warm-up: Home rendered in {warmup_s} s", file=sys.stderr, flush=True)
         warm_rss = sampler.read()
+        prober.start()
         results: list[dict] = []
         for k in range(args.rounds):  # later rounds: new tabs, same server and caches (is memory flat?)
             if k:
@@ -620,6 +664,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"closing the browsers: {exc!r}", file=sys.stderr)
         server_alive = server.poll() is None
+        probes = prober.stop() if prober.is_alive() else {}
         renicer.stop()
         try:
             sampler.stop()
@@ -650,6 +695,9 @@ def main() -> None:
         "slowest_after_pick": None if not timed else
         {k: max(timed, key=lambda r: r["pick_s"])[k] for k in ("page", "checkpoint", "pick_s")},
         "render_s_by_page": per_page,
+        "page_times_s": {what: percentiles([r[what] for r in timed if what in r]) for what in
+                         ("open_s", "pick_s", "rerender_s", "render_s")},
+        "responsive_s": probes,
         "leak_ok": all(r.get("leak_ok") is True for r in results),
         "router_ok": all(r.get("router_after_all") is True and r.get("router_after_rerun") is True
                          for r in results),
@@ -670,6 +718,12 @@ def main() -> None:
               f"shown {r.get('shown_after_all')}/{r.get('shown_after_rerun')}  leak_ok {r.get('leak_ok')}"
               + (f"  ERROR {r['error']}" if "error" in r else "")
               + (f"  EXCEPTIONS {len(r['exceptions'])}" if r["exceptions"] else ""))
+    print(f"page times (p50 / p95 / max s): " + "; ".join(
+        f"{k} {v['p50']} / {v['p95']} / {v['max']}" for k, v in summary["page_times_s"].items() if v["n"]))
+    if probes:
+        print(f"while they ran: /_stcore/health p50 {probes['health']['p50']} s, p95 {probes['health']['p95']} s, "
+              f"max {probes['health']['max']} s; page shell p95 {probes['shell']['p95']} s, max "
+              f"{probes['shell']['max']} s; {probes['failures']} probes unanswered within 30 s")
     if slowest:
         print(f"slowest page: {slowest['page']} ({slowest['checkpoint']}) {slowest['render_s']} s; "
               f"leak check: {'passed' if summary['leak_ok'] else 'FAILED'}; "

@@ -57,9 +57,10 @@ def emit(**row) -> None:
 
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system) so far of this machine's processes by role: the app server, the gallery job's
-    child, Chromium, the rest; where a background gallery's time goes."""
+    child (or the spare child that ran it), the UMAP worker, Chromium, the rest; where a background gallery's time
+    goes."""
     tick = os.sysconf("SC_CLK_TCK")
-    out = {"server": 0.0, "job": 0.0, "chromium": 0.0, "other": 0.0}
+    out = {"server": 0.0, "job": 0.0, "maps": 0.0, "chromium": 0.0, "other": 0.0}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -67,8 +68,8 @@ def cpu_seconds() -> dict[str, float]:
         except OSError:
             continue
         used = (int(fields[11]) + int(fields[12])) / tick
-        role = ("job" if "frpt embed" in cmd else "server" if "streamlit run" in cmd else
-                "chromium" if "chrom" in cmd else "other")
+        role = ("job" if "frpt embed" in cmd or "spare_main" in cmd else "maps" if "frpt.workers" in cmd else
+                "server" if "streamlit run" in cmd else "chromium" if "chrom" in cmd else "other")
         out[role] += used
     return out
 
@@ -146,7 +147,7 @@ class Timeline:
     def __init__(self, manifest: Path):
         import threading
 
-        self.manifest, self.t0, self.marks = manifest, time.time(), {}
+        self.manifest, self.t0, self.marks, self.cpu0 = manifest, time.time(), {}, cpu_seconds()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -164,8 +165,9 @@ class Timeline:
                 except (OSError, ValueError):
                     pass
             try:
-                if json.loads(self.manifest.read_text()).get("shards"):
+                if json.loads(self.manifest.read_text()).get("shards") and "first_shard_committed_s" not in self.marks:
                     self._mark("first_shard_committed_s")
+                    self.marks["cpu_s_to_first_shard"] = cpu_since(self.cpu0)  # who used the CPU meanwhile
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)

@@ -31,7 +31,7 @@ from typing import Any
 from .data.base import RetrievalDataset
 from .engine import cache_dir
 from .gallery import gallery_file, gallery_progress
-from .procs import exit_with_parent
+from .procs import exit_with_parent, popen
 from .sweep import sweep_file
 
 NICE = 10  # the job's CPU priority below the server's (0): the kernel gives an interactive pass ~90 % of a core
@@ -218,9 +218,8 @@ class JobQueue:
             return
         env = _child_env()
         with open(_job_dir() / "spare.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-c", "from frpt.jobs import spare_main; spare_main()"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                    close_fds=True)
+            proc = popen([sys.executable, "-c", "from frpt.jobs import spare_main; spare_main()"],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env, close_fds=True)
         _lower_priority(proc.pid)
         self._spare = (proc, env)
 
@@ -276,8 +275,8 @@ class JobQueue:
             proc.kill()
             proc.wait()
         with open(job.log_file, "wb") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                    close_fds=True)
+            proc = popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
+                         close_fds=True)
         _lower_priority(proc.pid)
         return proc
 

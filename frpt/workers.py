@@ -8,19 +8,21 @@ holding the GIL, so done in the server it stalled every page of every session be
 gallery rows reached the page 11 s later with the warm-up running (bench/RESULTS.md, "Real data in seconds"). In a
 worker process the server's GIL stays free; the server thread that asked only waits on the result.
 
-The worker warms up as soon as the app starts (:func:`warm`): at idle priority (Linux SCHED_IDLE: only CPU nothing
-else wants, so never the cores a visitor's query or a gallery job uses) where the process may raise its priority
-back, which it does when a page asks for a map (:func:`umap_2d`); elsewhere (an unprivileged user without
-RLIMIT_NICE) at normal priority, once no background job is running. One worker, so at most one fit runs at a time
+The worker warms up as soon as the app starts (:func:`warm`), unless a gallery job is queued or running: at idle
+priority (Linux SCHED_IDLE: only CPU nothing else wants) where the process may raise its priority back, which it
+does when a page asks for a map (:func:`umap_2d`); elsewhere (an unprivileged user without RLIMIT_NICE) at normal
+priority. A page that draws maps (the Embedding space) starts it at once, whatever runs (:func:`expect_fit`). One worker, so at most one fit runs at a time
 (a second visitor's waits its turn; a fit takes one core: umap-learn is single-threaded with a fixed seed) and the
 compiled kernels are paid for once. A plain child process speaking pickles over its pipes, not multiprocessing:
 under Streamlit, ``__main__`` is the app's script, which multiprocessing's spawn would run again in the child.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .procs import exit_with_parent
+from .procs import exit_with_parent, popen
 
 PARENT_ENV = "FRPT_WORKER_PARENT"  # the server's pid, set for the worker
 WARM_ENV = "FRPT_WARM_UMAP"  # "0": no warm-up (the test suite: its processes end before it would pay off)
@@ -76,7 +78,7 @@ def _receive(stream) -> Any:
 def serve() -> None:
     """The worker's loop: requests on stdin, answers on stdout (length-prefixed pickles), until stdin closes (the
     server ended). Anything else the libraries print goes to stderr, never into the answers."""
-    exit_with_parent()
+    exit_with_parent(signal.SIGKILL)  # SIGKILL: the server may have paused it (SIGSTOP) when it died
     if str(os.getppid()) != os.environ.get(PARENT_ENV):  # the server was gone before the line above
         return
     answers = os.fdopen(os.dup(1), "wb")
@@ -113,16 +115,25 @@ def serve() -> None:
 class _Worker:
     """The worker process and the lock that serialises its requests (one at a time: the pool of one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: bool = False) -> None:
         package_root = str(Path(__file__).resolve().parents[1])
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONPATH": path}
-        self.proc = subprocess.Popen([sys.executable, "-c", "from frpt.workers import serve; serve()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        self.proc = popen([sys.executable, "-c", "from frpt.workers import serve; serve()"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self.lock = threading.Lock()
+        self.wanted = False  # a page has asked it for a map
+        if idle:  # its imports (umap, numba, sklearn: seconds of CPU) too, until a request raises it
+            try:
+                os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
+            except (OSError, AttributeError):
+                pass
 
     def call(self, *request: Any) -> Any:
-        _set_normal(self.proc.pid)  # still warming up at idle priority: a visitor is waiting now
+        self.wanted = True  # still warming up (at idle priority, or paused for a job): a visitor is waiting now
+        _set_normal(self.proc.pid)
+        with contextlib.suppress(OSError):
+            os.kill(self.proc.pid, signal.SIGCONT)
         with self.lock:
             try:
                 _send(self.proc.stdin, request)
@@ -143,20 +154,23 @@ class WorkerDied(RuntimeError):
 _LOCK = threading.Lock()
 _WORKER: _Worker | None = None
 _WARM_STARTED = False
+_MAP_EXPECTED = threading.Event()  # a page that draws maps has opened: warm up now, whatever runs
 
 
-def _worker() -> _Worker:
+def _worker(idle: bool = False) -> _Worker:
     global _WORKER
     with _LOCK:
         if _WORKER is None or _WORKER.proc.poll() is not None:
-            _WORKER = _Worker()
+            _WORKER = _Worker(idle)
         return _WORKER
 
 
-def warm(job_running=lambda: False) -> threading.Thread | None:
-    """Start the worker and its warm-up once per server (no-op when ``$FRPT_WARM_UMAP`` is 0). ``job_running``:
-    where the worker cannot go idle, the warm-up waits (in a thread of this process) while it returns True. Returns
-    the thread that asks for the warm-up (join it to wait for the end), or None when it was started before."""
+def warm(busy=lambda: False) -> threading.Thread | None:
+    """Start the worker and its warm-up once per server (no-op when ``$FRPT_WARM_UMAP`` is 0). The warm-up waits
+    while ``busy()`` (a gallery job queued or running: even at idle priority, compiling beside the job's first shard
+    delayed a cold server's first ranked result by 2-3 s), unless a page that draws maps asks first
+    (:func:`expect_fit`). Returns the thread that asks for it (join it to wait for the end), or None when it was
+    started before."""
     global _WARM_STARTED
     if os.environ.get(WARM_ENV, "1") == "0":
         return None
@@ -167,19 +181,53 @@ def warm(job_running=lambda: False) -> threading.Thread | None:
     idle = _can_raise_priority()
 
     def run() -> None:
-        while not idle and job_running():
-            time.sleep(5)
+        while busy() and not _MAP_EXPECTED.is_set():
+            _MAP_EXPECTED.wait(1.0)
+        done = threading.Event()
         try:
-            worker = _worker()
+            worker = _worker(idle)
+            low = idle and not _MAP_EXPECTED.is_set()
+            threading.Thread(target=_pause_while_busy, args=(worker, busy, done), daemon=True).start()
             with worker.lock:  # not _Worker.call: that would raise the priority the warm-up is meant to lower
-                _send(worker.proc.stdin, ("warm", idle))
+                _send(worker.proc.stdin, ("warm", low))
                 _receive(worker.proc.stdout)
         except (EOFError, OSError):
             pass  # the worker died while warming: the next map starts another (and compiles then)
+        finally:
+            done.set()
 
     thread = threading.Thread(target=run, name="frpt-umap-warmup", daemon=True)
     thread.start()
     return thread
+
+
+def _pause_while_busy(worker: _Worker, busy, done: threading.Event) -> None:
+    """While the warm-up runs: stop the worker (SIGSTOP) whenever a gallery job is queued or running and no page
+    wants a map, and let it go on (SIGCONT) otherwise; it is never left stopped."""
+    stopped = False
+    try:
+        while not done.is_set() and worker.proc.poll() is None:
+            hold = busy() and not _MAP_EXPECTED.is_set() and not worker.wanted
+            if hold != stopped:
+                os.kill(worker.proc.pid, signal.SIGSTOP if hold else signal.SIGCONT)
+                stopped = hold
+            done.wait(0.25)
+    except OSError:
+        pass
+    finally:
+        if stopped and worker.proc.poll() is None:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+
+
+def expect_fit() -> None:
+    """A page that will draw a map has opened (before its gallery's first rows land): start the warm-up now if it
+    was waiting for a job, at normal priority, so it finishes while those rows are embedded instead of after."""
+    _MAP_EXPECTED.set()
+    worker = _WORKER
+    if worker is not None and worker.proc.poll() is None:
+        _set_normal(worker.proc.pid)
+        with contextlib.suppress(OSError):
+            os.kill(worker.proc.pid, signal.SIGCONT)
 
 
 def umap_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -197,4 +245,4 @@ def worker_pid() -> int | None:
     return _WORKER.proc.pid if _WORKER is not None and _WORKER.proc.poll() is None else None
 
 
-__all__ = ["warm", "umap_2d", "worker_pid", "serve"]
+__all__ = ["warm", "expect_fit", "umap_2d", "worker_pid", "serve"]

@@ -18,7 +18,7 @@ st.caption("UMAP (cosine) of the test split: pooled backbone features of the (wa
            "hover labels cannot show pictures, so click a point (or draw a box or lasso from the map's toolbar) to "
            "see its image beside the maps.")
 
-gallery = ctx.ready_gallery()  # the whole split, or what is embedded so far (a note says so)
+gallery = ctx.ready_gallery(maps=True)  # the whole split, or what is embedded so far (a note says so)
 ready = None if gallery.complete else gallery.done  # every figure below is of this one snapshot
 if st.session_state.get("emb.snapshot") != (ctx.checkpoint, ready):  # selected rows were of another snapshot
     st.session_state["emb.snapshot"], st.session_state["emb.selected"] = (ctx.checkpoint, ready), []

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def test_a_job_stores_what_frpt_embed_stores(demo, tmp_path, run_jobs, monkeypat
     _, card = load_checkpoint(demo)
     ds = _split(card)
     queue = jobs.JobQueue(spare=child != "fresh")
-    queue._start_worker()
+    starter = threading.Thread(target=queue._start_worker)  # as a page's run does: its thread ends at once,
+    starter.start()  # and the spare (the kernel's parent-death signal follows the forking thread) must outlive it
+    starter.join()
+    time.sleep(1.0)
     spare = queue._spare[0].pid if queue._spare else None
     if child == "stale spare":
         monkeypatch.setenv("FRPT_TEST_CHANGED", "1")

@@ -28,7 +28,7 @@ WATCH = "frpt.watch"  # the partial galleries this page run draws, by (checkpoin
 def start_umap_warmup() -> None:
     """Warm UMAP's numba kernels once per server, in the worker process that fits the maps
     (:mod:`frpt.workers`), before anyone opens a map. ``FRPT_WARM_UMAP=0`` turns it off (the test suite does)."""
-    workers.warm(job_running=lambda: any(job.state == "running" for job in jobs.queue().jobs()))
+    workers.warm(busy=lambda: any(job.active for job in jobs.queue().jobs()))
 
 
 def stamp(path: str | os.PathLike) -> float:

@@ -16,6 +16,7 @@ import streamlit as st
 
 from ..data import DATASETS, NEEDS_ROOT
 from ..demo import REBUILD_COMMAND, named_checkpoints
+from .. import workers
 from ..errors import FRPTError
 from . import auth, background, cache
 
@@ -63,9 +64,12 @@ class Context:
         """The test gallery, or what is embedded of it so far (:func:`frpt.ui.cache.gallery`), or None."""
         return cache.gallery(self.checkpoint, self.dataset, self.root, ready)
 
-    def ready_gallery(self):
+    def ready_gallery(self, maps: bool = False):
         """The gallery for a page that needs one: with the partial-gallery note drawn when it is still being
-        embedded; before its first rows land, the waiting note and the page stops (it reruns when they land)."""
+        embedded; before its first rows land, the waiting note and the page stops (it reruns when they land).
+        ``maps``: the page draws UMAP maps of it (:func:`frpt.workers.expect_fit`)."""
+        if maps:
+            workers.expect_fit()
         found = self.gallery()
         if found is None:
             background.waiting_note(self.checkpoint, self.dataset, self.root)

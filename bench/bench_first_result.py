@@ -39,7 +39,7 @@ _MAIN_JS = """
 const main = document.querySelector('[data-testid="stMain"]') || document;
 const status = Array.from(document.querySelectorAll('[data-testid="stStatusWidget"]')).map(e => e.innerText).join(' ');
 return {
-  images: main.querySelectorAll('[data-testid="stImage"], [data-testid="stImageContainer"] img').length,
+  images: Array.from(main.querySelectorAll('img')).filter(i => i.complete && i.naturalWidth > 0).length,
   charts: main.querySelectorAll('.js-plotly-plot').length,
   text: main.innerText.slice(0, 4000),
   exc: Array.from(document.querySelectorAll('[data-testid="stException"]')).map(e => e.innerText.slice(0, 400)),

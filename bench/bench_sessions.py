@@ -2,7 +2,7 @@
 on its own demo checkpoint and page; checks that no session sees another's choice and samples the server's memory.
 
     python bench/bench_sessions.py [--sessions 10] [--rounds 1] [--port 0] [--timeout 900] [--offset 0]
-                                   [--pause 0] [--screenshot PNG] [--no-warmup] [--log FILE]
+                                   [--pause 0] [--screenshot PNG] [--no-warmup] [--log FILE] [--client-nice 0]
 
 Session i opens page ``PAGES[i % 9]`` and picks demo checkpoint ``DEMOS[(i + i // 9) % 3]`` (i shifted by
 --offset) through the sidebar's "Demo checkpoint" selectbox (the Reproduction page has no checkpoint picker: that
@@ -17,7 +17,9 @@ flag starts True when a pages/ folder exists and only st.navigation (in app.py) 
 tab that first opens a page URL runs that page file directly with the pages/-folder navigation ("app" entry, no
 sections); every tab's navigation is checked for that ("router_ok").
 
-The server's RSS (its process and all descendants, from /proc; psutil is not needed) is sampled every 0.5 s.
+The server's RSS (its process and all descendants, from /proc; psutil is not needed) is sampled every 0.5 s, and
+``/_stcore/health`` and the page shell are fetched every 2 s while the sessions run (does the server still answer
+within a couple of seconds while its visitors compute?).
 Prints a readable summary and then one JSON line. Needs chromium + chromedriver (``make browser``).
 """
 from __future__ import annotations
@@ -95,6 +97,7 @@ class Prober(threading.Thread):
     def __init__(self, base: str, period: float = 2.0):
         super().__init__(daemon=True)
         self.base, self.period = base, period
+        self.nice = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's, before any --client-nice
         self.times: dict[str, list[float]] = {"health": [], "shell": []}
         self.failures = 0
         self._halt = threading.Event()
@@ -102,6 +105,10 @@ class Prober(threading.Thread):
     def run(self) -> None:
         import urllib.request
 
+        try:  # at the server's priority, not the browsers' (--client-nice): it stands for a visitor elsewhere
+            os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+        except OSError:
+            pass
         while not self._halt.is_set():
             for name, path in (("health", "/_stcore/health"), ("shell", "/")):
                 t0 = time.perf_counter()
@@ -593,6 +600,9 @@ def main() -> None:
                    help="seconds between rounds with no tab open (Streamlit keeps a disconnected session for "
                         "server.disconnectedSessionTTL, 120 s by default)")
     p.add_argument("--log", default=None, help="keep the server's output in this file")
+    p.add_argument("--client-nice", type=int, default=0,
+                   help="run the browsers this much nicer than the server (e.g. 19): on one machine they then yield "
+                        "the CPU to it, which a server whose visitors browse from elsewhere would have")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the one visit to Home before the sessions start (on a fresh server, tabs that open a "
                         "page URL before any session ran app.py get Streamlit's pages/-folder navigation)")
@@ -603,9 +613,11 @@ def main() -> None:
     port = args.port or free_port()
     log = open(args.log, "w+b") if args.log else tempfile.TemporaryFile()
     server = start_server(port, log)
+    prober = Prober(f"http://127.0.0.1:{port}")  # made before --client-nice: it keeps the server's priority
+    if args.client_nice:  # this thread, and every browser started after it (the Renicer holds them there)
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + args.client_nice)
     sampler = RssSampler(server.pid)
     sampler.start()
-    prober = Prober(f"http://127.0.0.1:{port}")
     renicer = Renicer(os.getpid())
     renicer.start()
     drivers: list = []

@@ -184,14 +184,18 @@ class Renicer(threading.Thread):
     its own threads' priority (nice -8 as root), which would let the browsers crowd out other work on a shared
     machine despite `nice -n 10`."""
 
-    def __init__(self, pid: int, period: float = 2.0):
+    def __init__(self, pid: int, period: float = 2.0, spare: int | None = None):
         super().__init__(daemon=True)
         self.pid, self.period, self.nice = pid, period, os.getpriority(os.PRIO_PROCESS, 0)
+        self.spare = spare  # a child whose process tree keeps its own priority (the app server)
         self.reniced = 0
         self._halt = threading.Event()
 
     def sweep(self) -> None:
+        kept = set(_descendants(self.spare)) if self.spare is not None else set()
         for proc in _descendants(self.pid)[1:]:
+            if proc in kept:
+                continue
             try:
                 tids = [int(t) for t in os.listdir(f"/proc/{proc}/task")]
             except OSError:
@@ -618,7 +622,7 @@ def main() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + args.client_nice)
     sampler = RssSampler(server.pid)
     sampler.start()
-    renicer = Renicer(os.getpid())
+    renicer = Renicer(os.getpid(), spare=server.pid)
     renicer.start()
     drivers: list = []
     warm: list = []

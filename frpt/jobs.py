@@ -31,7 +31,8 @@ from typing import Any
 from .data.base import RetrievalDataset
 from .engine import cache_dir
 from .gallery import gallery_file, gallery_progress
-from .procs import exit_with_parent, popen
+from . import procs
+from .procs import popen
 from .sweep import sweep_file
 
 NICE = 10  # the job's CPU priority below the server's (0): the kernel gives an interactive pass ~90 % of a core
@@ -216,7 +217,7 @@ class JobQueue:
             return
         if self._spare is not None and self._spare[0].poll() is None:
             return
-        env = _child_env()
+        env = procs.child_env(PARENT_ENV)
         with open(_job_dir() / "spare.log", "wb") as log:
             proc = popen([sys.executable, "-c", "from frpt.jobs import spare_main; spare_main()"],
                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, env=env, close_fds=True)
@@ -262,7 +263,7 @@ class JobQueue:
         and is still waiting; else a fresh ``python -m frpt ...``."""
         job.status_file.unlink(missing_ok=True)
         argv = [*job.command, "--status-file", str(job.status_file)]
-        env = _child_env()
+        env = procs.child_env(PARENT_ENV)
         if spare is not None:
             proc, spare_env = spare
             if proc.poll() is None and spare_env == env and argv[:3] == [sys.executable, "-m", "frpt"]:
@@ -279,13 +280,6 @@ class JobQueue:
                          close_fds=True)
         _lower_priority(proc.pid)
         return proc
-
-
-def _child_env() -> dict[str, str]:
-    """A job child's environment: the server's, bound to it (:data:`PARENT_ENV`), with this package importable."""
-    package_root = str(Path(__file__).resolve().parents[1])  # `-m frpt` from any working folder
-    return {**os.environ, PARENT_ENV: str(os.getpid()),
-            "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
 
 
 def _lower_priority(pid: int) -> None:
@@ -334,11 +328,7 @@ def _last_error(log: Path, code: int) -> str:
 def bind_to_parent() -> None:
     """In a job's child: exit when the server that started it exits (Linux PR_SET_PDEATHSIG), so a killed server
     leaves no orphan holding the gallery's lock; the next server continues from the committed shards."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
-    exit_with_parent()
-    if str(os.getppid()) != parent:  # the server was gone before the line above
+    if not procs.bind_to_parent(PARENT_ENV):
         raise SystemExit(1)
 
 

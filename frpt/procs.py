@@ -2,11 +2,13 @@
 ended with the server."""
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 _REQUESTS: queue.Queue = queue.Queue()
@@ -52,3 +54,21 @@ def exit_with_parent(sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def child_env(parent_env: str) -> dict[str, str]:
+    """A child's environment: this process's, with this process's pid under ``parent_env`` (what
+    :func:`bind_to_parent` checks) and this package importable (``-m frpt`` from any working folder)."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, parent_env: str(os.getpid()),
+            "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+
+
+def bind_to_parent(parent_env: str, sig: int = signal.SIGTERM) -> bool:
+    """In a child started with :func:`child_env`: :func:`exit_with_parent`; False when the parent named in
+    ``parent_env`` was already gone (the caller should end), True otherwise (also when not started so)."""
+    parent = os.environ.get(parent_env)
+    if not parent:
+        return True
+    exit_with_parent(sig)
+    return str(os.getppid()) == parent  # else the server was gone before the line above

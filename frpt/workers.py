@@ -28,12 +28,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .procs import exit_with_parent, popen
+from .procs import bind_to_parent, child_env, popen
 
 PARENT_ENV = "FRPT_WORKER_PARENT"  # the server's pid, set for the worker
 WARM_ENV = "FRPT_WARM_UMAP"  # "0": no warm-up (the test suite: its processes end before it would pay off)
@@ -78,8 +77,7 @@ def _receive(stream) -> Any:
 def serve() -> None:
     """The worker's loop: requests on stdin, answers on stdout (length-prefixed pickles), until stdin closes (the
     server ended). Anything else the libraries print goes to stderr, never into the answers."""
-    exit_with_parent(signal.SIGKILL)  # SIGKILL: the server may have paused it (SIGSTOP) when it died
-    if str(os.getppid()) != os.environ.get(PARENT_ENV):  # the server was gone before the line above
+    if not bind_to_parent(PARENT_ENV, signal.SIGKILL):  # SIGKILL: the server may have paused it (SIGSTOP)
         return
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -116,9 +114,7 @@ class _Worker:
     """The worker process and the lock that serialises its requests (one at a time: the pool of one)."""
 
     def __init__(self, idle: bool = False) -> None:
-        package_root = str(Path(__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONPATH": path}
+        env = child_env(PARENT_ENV)
         self.proc = popen([sys.executable, "-c", "from frpt.workers import serve; serve()"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self.lock = threading.Lock()

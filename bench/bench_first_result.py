@@ -49,6 +49,7 @@ return {
 
 
 WARM_ENGINE: Path | None = None
+SETTLE_S = 2.0  # seconds on the demo page before the pick (--settle)
 
 
 def emit(**row) -> None:
@@ -117,7 +118,7 @@ class ColdServer:
         self.driver.get(f"http://127.0.0.1:{self.port}/{page}")
         wait_for(self.driver, f"{page} on the demo", lambda s: not s.get("busy") and "Choose" not in s["text"][:40],
                  timeout)
-        time.sleep(2)
+        time.sleep(SETTLE_S)
 
     def pick(self, name: str, timeout: float) -> float:
         t0 = time.time()
@@ -183,6 +184,7 @@ def gallery_done(folder: Path) -> bool:
 
 
 def main() -> int:
+    global SETTLE_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="cub/compact-frpt-288", help="a shipped checkpoint's name in the sidebar")
     p.add_argument("--root", required=True, help="CUB_200_2011 folder")
@@ -195,7 +197,11 @@ def main() -> int:
                    help="stop at the first result / map (no wait for the whole gallery): quick iterations")
     p.add_argument("--warm-engine", action="store_true",
                    help="compile the backbone once first and keep that cache: no gallery, but a warm engine")
+    p.add_argument("--settle", type=float, default=SETTLE_S,
+                   help="seconds the visitor stays on the demo page before picking (the server's idle warm-ups "
+                        "run meanwhile); 2 in the runs recorded before session 17")
     args = p.parse_args()
+    SETTLE_S = args.settle
 
     from frpt.checkpoint import load_card
     from frpt.data import build_dataset, build_transform

@@ -347,6 +347,12 @@ def test_test_transform(s):
     assert torch.equal(x, tf(_photo()))
     assert torch.equal(x, build_transform(s, train=False, recipe="official")(_photo()))
     assert resize_size(224) == 256 and resize_size(448) == 512
+    # What a page shows (frpt.ui.cache.thumbnail, PIL only) is the model's input to the pixel, at a quarter the cost
+    from frpt.data.transforms import test_geometry
+    from frpt.viz import to_uint8
+
+    shown = np.asarray(test_geometry(s)(_photo()))
+    assert shown.shape == (s, s, 3) and np.array_equal(shown, to_uint8(x))
 
 
 @pytest.mark.parametrize("recipe", ["paper", "official"])

@@ -15,7 +15,7 @@ from torchvision.transforms import InterpolationMode
 
 from frpt.errors import ConfigError
 
-__all__ = ["build_transform", "transform_box", "resize_size", "RECIPES", "IMAGENET_MEAN"]
+__all__ = ["build_transform", "test_geometry", "transform_box", "resize_size", "RECIPES", "IMAGENET_MEAN"]
 
 RECIPES = ("paper", "official")
 #: Random-erasing fill: the ImageNet mean, i.e. 0 after the model's normalisation (as in REA on normalised input).
@@ -25,6 +25,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 def resize_size(input_size: int) -> int:
     """Side of the square resize before cropping: 256 for a 224 input, proportional otherwise."""
     return int(round(input_size * 256 / 224))
+
+
+def test_geometry(input_size: int) -> Callable[[Image.Image], Image.Image]:
+    """The test transform's PIL part (square bicubic resize, centre crop): what a page shows of an image, with no
+    float round trip (the test transform is this, then ``ToTensor``)."""
+    r = resize_size(input_size)
+    return T.Compose([T.Resize((r, r), interpolation=InterpolationMode.BICUBIC), T.CenterCrop(input_size)])
 
 
 def build_transform(input_size: int, *, train: bool, recipe: str = "paper") -> Callable[[Image.Image], torch.Tensor]:
@@ -50,7 +57,7 @@ def build_transform(input_size: int, *, train: bool, recipe: str = "paper") -> C
     bicubic = InterpolationMode.BICUBIC
     resize = T.Resize((r, r), interpolation=bicubic)
     if not train:
-        return T.Compose([resize, T.CenterCrop(s), T.ToTensor()])
+        return T.Compose([test_geometry(s), T.ToTensor()])
     if recipe == "paper":
         return T.Compose([
             resize,

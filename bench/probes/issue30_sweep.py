@@ -247,7 +247,8 @@ def record_rows(args: argparse.Namespace, model: FRPT) -> None:
             "test_whitening_fit_classes_only": r["test"], "commit": commit.strip(),
             "command": f"python bench/probes/issue30_sweep.py heads --checkpoint {args.checkpoint} --feature-cache "
                        f"{args.feature_cache}{second} --settings {name}",
-            "machine": "x86_64 2 CPU (Intel Xeon, AVX-512 + bf16 + AMX), torch threads 2, shared with other work",
+            "machine": f"x86_64 2 CPU (Intel Xeon, AVX-512 + bf16 + AMX), torch threads {args.threads}, shared with "
+                       "other work",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d UTC"),
             "checkpoint": args.checkpoint, "crop_geometry": "fp32",
             "note": "issue 30 probe on the checkpoint's cached views: fitted on the 80 fit classes, chosen on the 20 "

@@ -72,5 +72,5 @@ for start in range(0, len(records), PER_ROW):
 st.caption("Left: the test image" + (" with its ground-truth box (green)" if has_focus else "") + " and the sampling "
            "grid (yellow). Right: what the frozen backbone sees.")
 
-download_png("Download the gallery (PNG)", wg.gallery_image(records, PER_ROW),
+download_png("Download the gallery (PNG)", lambda: wg.gallery_image(records, PER_ROW),
              f"warp-gallery-{ctx.dataset}-{key.replace(' ', '-')}.png", "gallery.dl")

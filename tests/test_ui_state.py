@@ -31,3 +31,44 @@ def test_checkpoints_page_says_whether_the_test_gallery_is_stored():
     cold = gallery_status(False, 5924, "assets/cub/compact-frpt", "cub", "../data/CUB")
     assert "embeds the 5924 test images in the background" in cold
     assert "`python -m frpt embed --checkpoint assets/cub/compact-frpt --dataset cub --root ../data/CUB`" in cold
+
+
+_POLLING_SCRIPT = """
+import streamlit as st
+from frpt.ui import background
+
+real = st.fragment
+def recording(fn, run_every=None):
+    st.session_state.setdefault("intervals", []).append(run_every)
+    return real(fn, run_every=run_every)
+st.fragment = recording
+try:
+    background.start_run()
+    background.job_lines()
+finally:
+    st.fragment = real
+"""
+
+
+def test_sidebar_polls_the_server_only_while_a_job_is_queued_or_running():
+    # Every poll is a script run: twenty idle tabs polling every 2 s slowed every page (bench/RESULTS.md, "The soak")
+    from datetime import timedelta
+
+    from streamlit.testing.v1 import AppTest
+
+    from frpt import jobs
+    from frpt.ui.background import REFRESH_S
+
+    at = AppTest.from_string(_POLLING_SCRIPT, default_timeout=60)
+    at.run()
+    assert at.session_state["intervals"] == [None] and not at.exception
+    job = jobs.queue().submit(jobs.Job("test-polling-job", "gallery", "a test job", ["true"], 10, lambda: 0))
+    try:
+        assert job.active  # the suite runs with background jobs off: it stays queued
+        at.run()
+        assert at.session_state["intervals"][-1] == timedelta(seconds=REFRESH_S)
+        assert "a test job: 0 / 10, queued" in " ".join(c.value for c in at.caption)
+    finally:
+        job.state = "done"
+    at.run()
+    assert at.session_state["intervals"][-1] is None

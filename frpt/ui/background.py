@@ -18,6 +18,7 @@ FIRST_ROWS_WAIT_S = 60.0
 GROWTH = 2.0  # the page reruns by itself when its gallery has grown this much (or is complete)
 WATCH = cache.WATCH
 AUTO = "frpt.auto_refresh"
+POLLING = "frpt.polling_jobs"  # this tab's job lines poll (a job was queued or running at its last page run)
 
 
 def start_run() -> None:
@@ -45,11 +46,22 @@ def _behind() -> bool:
     return False
 
 
-@st.fragment(run_every=timedelta(seconds=REFRESH_S))
 def job_lines() -> None:
-    """The sidebar's jobs (checkpoint, done / total, time left), redrawn every few seconds; reruns the whole page
-    when a gallery it shows has grown and the visitor left automatic refresh on."""
+    """The sidebar's jobs (checkpoint, done / total, time left), redrawn every few seconds while one is queued or
+    running; reruns the whole page when a gallery it shows has grown and the visitor left automatic refresh on.
+
+    Only then does the open tab poll: each poll is a script run of the server, and twenty tabs polling every 2 s
+    without a job made 265 runs in 3 minutes (p50 3.2 s each under that load): pages p50 5.4 s and health p95
+    3.4 s, against 4.2 s and 1.0 s without them (bench/bench_soak.py; bench/RESULTS.md, "The soak"). The tab's
+    first poll after the last job ends reruns the page, which draws the lines again without polling."""
+    st.session_state[POLLING] = polling = any(j.active for j in jobs.queue().jobs())
+    st.fragment(_job_lines, run_every=timedelta(seconds=REFRESH_S) if polling else None)()
+
+
+def _job_lines() -> None:
     active = [j for j in jobs.queue().jobs() if j.active or j.state == "failed"]
+    if st.session_state.get(POLLING) and not any(j.active for j in active):
+        st.rerun(scope="app")  # the last job ended: a page run that stops the polling
     if active:
         st.markdown("**Background jobs**")
         for job in active:

@@ -50,7 +50,7 @@ finally:
 """
 
 
-def test_sidebar_polls_the_server_only_while_a_job_is_queued_or_running():
+def test_sidebar_polls_the_server_only_while_a_job_is_queued_or_running(monkeypatch):
     # Every poll is a script run: twenty idle tabs polling every 2 s slowed every page (bench/RESULTS.md, "The soak")
     from datetime import timedelta
 
@@ -59,6 +59,7 @@ def test_sidebar_polls_the_server_only_while_a_job_is_queued_or_running():
     from frpt import jobs
     from frpt.ui.background import REFRESH_S
 
+    monkeypatch.setattr(jobs, "_QUEUE", jobs.JobQueue())  # this server's queue, without other tests' queued jobs
     at = AppTest.from_string(_POLLING_SCRIPT, default_timeout=60)
     at.run()
     assert at.session_state["intervals"] == [None] and not at.exception

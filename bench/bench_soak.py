@@ -131,7 +131,8 @@ class Visitor(threading.Thread):
         """The visitor looks at the page for ``think`` seconds; meanwhile the browser reruns the page's periodic
         fragments (the sidebar's job lines) at their intervals, as an open tab does."""
         end = time.time() + self.think
-        due = {fragment: time.time() + interval for interval, fragment in reruns if interval > 0}
+        every = {fragment: interval for interval, fragment in reruns if interval > 0}
+        due = {fragment: time.time() + interval for fragment, interval in every.items()}
         while due:
             fragment, when = min(due.items(), key=lambda kv: kv[1])
             if when >= end:
@@ -141,7 +142,7 @@ class Visitor(threading.Thread):
             if self._run(ws, page, fragment) is None:
                 return
             self.fragment_runs.append(time.perf_counter() - t0)
-            due[fragment] = time.time() + dict((f, i) for i, f in reruns)[fragment]
+            due[fragment] = time.time() + every[fragment]
         time.sleep(max(0.0, end - time.time()))
 
     def _read_delta(self, delta, page: str, media: list[str]) -> None:

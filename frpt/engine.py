@@ -218,8 +218,9 @@ def _export(engine: str, module: nn.Module, size: int, folder: Path) -> None:
             import openvino as ov
 
             # Traced and frozen here rather than by the converter: its own trace re-runs the model to check the
-            # trace, and freezing folds the constants before conversion; together 2.0 -> 1.2 s of a cold gallery's
-            # first batch on 2 cores (bench/RESULTS.md, session 17), same outputs to float32 rounding.
+            # trace, and freezing folds the constants before conversion; together about 2.0 -> 1.2-1.5 s of a cold
+            # gallery's first batch on 2 cores (hand timings, bench/RESULTS.md session 17), same outputs to float32
+            # rounding.
             traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
             model = ov.convert_model(traced, example_input=example, input=[ov.PartialShape([-1, 3, size, size])])
             ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)  # the frozen weights as they are

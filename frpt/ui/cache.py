@@ -190,7 +190,7 @@ def embedding_stats(ckpt: str, name: str, root: str | None, max_points: int | No
 @st.cache_data(show_spinner=False, max_entries=512)
 def thumbnail(name: str, root: str | None, split: str, input_size: int, index: int) -> np.ndarray:
     """The test-transform view (input_size square) of one dataset image, as uint8: resized and cropped in PIL
-    (a tensor round trip gives the same pixels at ~10x the cost, on the path to a first ranked result)."""
+    (a tensor round trip gives the same pixels at ~4x the cost, on the path to a first ranked result)."""
     from ..data.transforms import test_geometry
 
     image = test_geometry(input_size)(dataset(name, root, split, input_size).load_image(index))

@@ -90,8 +90,9 @@ def _number_box(page: str, rows: list[int], index: int, among: str) -> None:
 
 
 def download_png(label: str, image: np.ndarray | Callable[[], np.ndarray], file_name: str, key: str) -> None:
-    """``image`` (or what the callable draws) as a PNG file, encoded only when the button is clicked: encoding on
-    every run cost the Warp gallery's page ~0.3 s of server CPU per rerun for a file rarely downloaded."""
+    """``image`` (or what the callable draws) as a PNG file, encoded only when the button is clicked (as
+    :func:`download_npy`): encoding on every run made each rerun of the Warp gallery draw and compress its whole
+    sheet, for a file rarely downloaded."""
     st.download_button(label, lambda: png_bytes(image() if callable(image) else image), file_name=file_name,
                        mime="image/png", key=key)
 

@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -171,13 +172,25 @@ class _Output(nn.Module):
         return self.backbone(x) if self.stride is None else self.backbone.stage_features(x, self.stride)
 
 
+def import_openvino():
+    """``import openvino`` without its usage telemetry. OpenVINO's converter, which ``import openvino`` loads, sends
+    usage events to Google Analytics from forked children and writes a client id and counters under ``~/intel``
+    unless the user opted out (``openvino_telemetry``: consent is assumed when no opt-out file exists). A library
+    behind a reviewers' server must not phone home nor write outside ``FRPT_CACHE_DIR``: with ``openvino_telemetry``
+    unimportable (a ``None`` entry in ``sys.modules`` makes its import fail), OpenVINO falls back to its own no-op
+    stub (``openvino/tools/ovc/telemetry_stub.py``). Every import of OpenVINO in this package goes through here."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 @functools.lru_cache(maxsize=1)
 def _openvino_core():
     """One OpenVINO Core for the process, alive as long as the models compiled by it (a Core per model, dropped
     after compiling, leaves its plugin's lifetime to the compiled models)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()
 
 
 class _Runner:
@@ -215,8 +228,7 @@ def _export(engine: str, module: nn.Module, size: int, folder: Path) -> None:
     with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converters' tracing deprecation notes, not the user's concern
         if engine == "openvino":
-            import openvino as ov
-
+            ov = import_openvino()
             # Traced and frozen here rather than by the converter: its own trace re-runs the model to check the
             # trace, and freezing folds the constants before conversion; together about 2.0 -> 1.2-1.5 s of a cold
             # gallery's first batch on 2 cores (hand timings, bench/RESULTS.md session 17), same outputs to float32
@@ -359,5 +371,5 @@ def backbone_maps(model: FRPT, images: torch.Tensor, plan_: Plan) -> torch.Tenso
         return model.backbone(model.normalize(images))
 
 
-__all__ = ["ENGINES", "PRECISIONS", "Plan", "plan", "inference", "forward_images", "native_bf16",
+__all__ = ["ENGINES", "PRECISIONS", "Plan", "plan", "inference", "forward_images", "native_bf16", "import_openvino",
            "resolve_precision", "autocast", "installed", "cache_dir", "compiled_runner", "CompiledBackbone"]

@@ -297,10 +297,10 @@ def spare_main() -> None:
     stdin (the server closed it, or is gone) ends it."""
     bind_to_parent()
     from . import checkpoint, cli, evaluation, gallery, sweep  # noqa: F401 - importing them now is the point
-    from .engine import installed
+    from .engine import import_openvino, installed
 
     if installed("openvino"):
-        import openvino  # noqa: F401
+        import_openvino()
     line = sys.stdin.readline()
     if not line.strip():
         raise SystemExit(0)

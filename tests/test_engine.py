@@ -3,6 +3,7 @@ on the real pretrained backbone, the on-disk cache of compiled models, and the r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,25 @@ def test_compiled_models_are_cached_on_disk_and_an_interrupted_compile_leaves_no
     engine.compiled_runner(bb, 96, None, p)
     engine.compiled_runner(Backbone("efficientnet_lite0", "random"), 64, None, p)
     assert len(list(folder.iterdir())) == 3
+
+
+@pytest.mark.skipif(not engine.installed("openvino"), reason="OpenVINO is not installed")
+def test_converting_to_openvino_neither_phones_home_nor_writes_outside_the_cache(tmp_path):
+    """OpenVINO's converter, imported plainly, writes a client id under ~/intel and sends usage events; converted by
+    the engine in a fresh process (the server's or a job's), nothing appears in the home folder."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from frpt import engine; from frpt.models import Backbone\n"
+              "engine.compiled_runner(Backbone('efficientnet_lite0', 'random'), 64, None, engine.Plan('openvino', 'fp32'))\n"
+              "assert sys.modules['openvino_telemetry'] is None\n")
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "FRPT_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    (tmp_path / "home").mkdir()
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=300)
+    assert list((tmp_path / "cache" / "engines").iterdir())  # it did convert
+    assert list((tmp_path / "home").iterdir()) == []
 
 
 @pytest.mark.skipif(not COMPILED, reason="no compiled engine installed")

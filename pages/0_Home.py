@@ -1,7 +1,7 @@
 """Home page: what FRPT does, the loaded checkpoint's card, and a map of the other pages."""
 import streamlit as st
 
-from frpt.ui import logic, sidebar
+from frpt.ui import background, cache, logic, sidebar
 
 ctx = sidebar()
 
@@ -32,6 +32,23 @@ with right:
     if ctx.card.get("demo"):
         st.caption(f"Built-in demo checkpoint; rebuild with `{ctx.card.get('rebuild')}`.")
     st.caption(f"Folder: `{ctx.checkpoint}`")
+
+st.subheader(f"Live on this server: the {ctx.dataset} test split")
+gallery = ctx.gallery()
+if gallery is None:
+    st.caption("Its test gallery is being embedded in the background; figures appear here when its first images "
+               "land (the sidebar shows the job).")
+else:
+    if not gallery.complete:
+        background.partial_note(gallery, ctx.checkpoint, ctx.dataset, ctx.root)
+    heads = ("after",) if logic.head_is_identity(ctx.card) else ("after", "before")
+    live = cache.live_metrics(ctx.checkpoint, cache.stamp(ctx.checkpoint), ctx.dataset, ctx.root, gallery.done, heads)
+    rows = logic.live_metrics_table(ctx.card, ctx.dataset, live, gallery.done, None if gallery.complete
+                                    else gallery.total)
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption("Every test image queries all the others (cosine); recall@K and MAP@R, as the card records them."
+               + ("" if gallery.complete else " A partial gallery's images retrieve among themselves only (fewer "
+                  "images of each class): its figures say how the checkpoint does on those images, not its score."))
 
 st.subheader("Pages")
 explore, retrieve, results = st.columns(3)

@@ -56,6 +56,11 @@ def test_home_shows_card(app):
     assert app.title[0].value == "FRPT Studio"
     assert len(app.table) >= 1
     assert any("frpt" in str(t.value) or "paper" in str(t.value) for t in app.table)
+    # the demo's gallery is complete: live figures beside the card's (same dataset), measured on every test image
+    (live,) = [d.value.set_index("metric") for d in app.dataframe if "live, after the head" in d.value.columns]
+    assert list(live.columns) == ["card", "live, after the head", "live, before the head"]
+    assert live.loc["queries", "live, after the head"] == live.loc["queries", "card"]
+    assert 0 < live.loc["recall@1", "live, after the head"] <= 1
 
 
 def _navigation(at: AppTest) -> list[tuple[str, str, str]]:

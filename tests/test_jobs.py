@@ -21,6 +21,7 @@ from frpt.data import build_dataset, build_transform
 from frpt.demo import available_demos
 from frpt.gallery import (embedding_order, gallery_embeddings, gallery_file, gallery_progress, load_gallery,
                           manifest_file, partial_gallery, shard_bounds)
+from frpt.metrics import recall_at_k
 
 SHARD = 64  # the synthetic test split's 240 images in shards of 64, 64, 64, 48
 
@@ -216,6 +217,14 @@ def test_pages_on_a_partial_gallery_say_so_and_two_sessions_share_one_job(demo, 
         assert not at.exception, (page, [e.value for e in at.exception])
         notes = [i.value for i in at.info if "Working on" in i.value]
         assert notes and f"{SHARD} of {len(ds)}" in notes[0], (page, [i.value for i in at.info])
+    at = _app(demo, "pages/0_Home.py")  # Home's live figures: of the rows ready, named by them, never "live"
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(f"{SHARD} of {len(ds)}" in i.value for i in at.info if "Working on" in i.value)
+    (table,) = [d.value for d in at.dataframe if f"{SHARD} of {len(ds)} images, after the head" in d.value.columns]
+    assert not any(c.startswith("live") for c in table.columns)
+    part = partial_gallery(card, ds, None)
+    r1 = table.set_index("metric").loc["recall@1", f"{SHARD} of {len(ds)} images, after the head"]
+    assert r1 == pytest.approx(recall_at_k(part.embeddings.after, part.embeddings.labels, ks=(1,))["recall@1"])
     at = _app(demo, "pages/7_AB_retrieval.py")  # B = this checkpoint: partial; A = a demo, stored or queued
     assert not at.exception, [e.value for e in at.exception]
     assert any("Working on" in i.value or "Embedding the first" in i.value for i in at.info)

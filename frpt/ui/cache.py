@@ -187,6 +187,19 @@ def embedding_stats(ckpt: str, name: str, root: str | None, max_points: int | No
     return stats(x[m.indices], g.embeddings.labels[m.indices])
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def live_metrics(ckpt: str, card_stamp: float, name: str, root: str | None, ready: int,
+                 heads: tuple[str, ...] = ("after", "before")) -> dict[str, dict[str, float]]:
+    """:func:`frpt.metrics.ranking_metrics` of the test gallery's embeddings ``heads`` (after and/or before the
+    head), on its first ``ready`` images among themselves (the whole split once complete): computed once per
+    snapshot for every session (~2 s each on CUB's test split, 2 cores)."""
+    from ..metrics import ranking_metrics
+
+    g = gallery(ckpt, name, root, ready)
+    with heavy.slot("Scoring the gallery"):
+        return {which: ranking_metrics(getattr(g.embeddings, which), g.embeddings.labels) for which in heads}
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def thumbnail(name: str, root: str | None, split: str, input_size: int, index: int) -> np.ndarray:
     """The test-transform view (input_size square) of one dataset image, as uint8: resized and cropped in PIL

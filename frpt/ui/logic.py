@@ -317,6 +317,24 @@ def metrics_table(cards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"metric": k, **{name: (card.get("metrics") or {}).get(k) for name, card in cards.items()}} for k in keys]
 
 
+def live_metrics_table(card: dict[str, Any], dataset: str, live: dict[str, dict[str, float]], done: int,
+                       total: int | None) -> list[dict[str, Any]]:
+    """Home's table: the card's test figures (where it was evaluated on ``dataset``) beside the ones measured live
+    on this server's gallery, after and before the head (:func:`frpt.ui.cache.live_metrics`). For a partial gallery
+    (``total`` given) the live columns are named by the images they cover: never the checkpoint's figures. Without
+    ``live["before"]`` (a head that leaves the pooled features as they are, :func:`head_is_identity`) one live
+    column."""
+    scope = "live" if total is None else f"{done:,} of {total:,} images"
+    cards = {"card": card} if (card.get("dataset") or {}).get("name") == dataset and card.get("metrics") else {}
+    if "before" not in live:
+        cards[f"{scope} (no head: before = after)"] = {"metrics": live["after"]}
+    else:
+        cards.update({f"{scope}, after the head": {"metrics": live["after"]},
+                      f"{scope}, before the head": {"metrics": live["before"]}})
+    keys = list(live["after"])
+    return [row for row in metrics_table(cards) if row["metric"] in keys]
+
+
 def log_figure(rows: list[dict[str, str]]):
     """Training curves from ``log.csv`` rows: loss (left axis) and test R@1 where logged (right axis)."""
     import plotly.graph_objects as go
@@ -419,4 +437,5 @@ def sweep_figures(result) -> dict[str, Any]:
 
 
 __all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
-           "selected_rows", "card_summary", "metrics_table", "log_figure", "compact_figures", "sweep_figures"]
+           "selected_rows", "card_summary", "metrics_table", "live_metrics_table", "log_figure", "compact_figures",
+           "sweep_figures"]

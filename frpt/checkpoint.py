@@ -47,7 +47,8 @@ MAX_CARD_BYTES = 16 * 2**20   # a real card is a few KiB; refuse to parse anythi
 # (grid/kernel/padding sizes are 31/31/30 in both presets).
 _INT_LIMITS = {"num_classes": 10**6, "input_size": 4096}
 _OTHER_INT_LIMIT = 256
-_ZERO_MEANS_OFF = {"saliency_bound", "crop_margin"}  # float fields where 0 is a valid "disabled"; the others must be > 0
+# Float fields where 0 is a valid "disabled" (zoom_half: no zoom views); the others must be > 0.
+_ZERO_MEANS_OFF = {"saliency_bound", "crop_margin", "zoom_half"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TENSOR_FILE = re.compile(r"(model|train-state)-e\d{4,}\.safetensors")
 #: How the weights file may store floating tensors (card ``files.weights_dtype``; absent: as the model holds them).
@@ -254,10 +255,12 @@ def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
             raise CheckpointError(f"Checkpoint {folder} has an invalid model.{f.name} {value!r}; "
                                   "the card was edited or damaged, retrain or re-export the checkpoint.")
     views = config.views.split(",")
+    zoom = any(v.startswith("zoom") for v in views)
     if config.prompt not in PROMPTS or not views or any(v not in VIEWS for v in views) \
-            or not 0 < config.crop_min_half <= config.crop_max_half <= 0.5:
+            or not 0 < config.crop_min_half <= config.crop_max_half <= 0.5 or config.zoom_half > 0.5 \
+            or (zoom and (config.prompt != "crop" or not config.zoom_half)):
         raise CheckpointError(f"Checkpoint {folder} has an unknown prompt {config.prompt!r}, views {config.views!r} "
-                              "or crop limits; the card was edited or comes from another tool.")
+                              "or crop or zoom limits; the card was edited or comes from another tool.")
     return config
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import distributed
-from .config import PRESETS, VARIANTS, model_config, train_config
+from .config import PRESETS, VARIANTS, VIEWS, model_config, train_config
 from .engine import ENGINES, PRECISIONS
 from .errors import ConfigError, FRPTError
 
@@ -90,6 +90,9 @@ def _build_untrained(args: argparse.Namespace, preset: str, variant: str, num_cl
     overrides = {"saliency_bound": args.saliency_bound} if getattr(args, "saliency_bound", None) is not None else {}
     if getattr(args, "whitening", False):
         overrides["whitening"] = True
+    for name in ("views", "zoom_half"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     model = build_model(model_config(preset, variant, backbone=args.backbone, num_classes=num_classes, **overrides),
                         args.backbone_weights)
     model.config = replace(model.config, input_size=args.input_size or model.backbone.default_input_size)
@@ -376,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whitening", action="store_true",
                    help="compact preset: whiten the embedding by the training classes' within-class covariance, "
                         "a named departure (bench/RESULTS.md, \"Compact head sweep\")")
+    p.add_argument("--views", help=f"comma-separated views whose embeddings are averaged (of {', '.join(VIEWS)}; "
+                                   "default: the preset's, orig,flip,crop,crop-flip for compact); zoom,zoom-flip "
+                                   "add a part zoom on the crop prompt's saliency peak, a named departure (issue 30)")
+    p.add_argument("--zoom-half", type=float,
+                   help="compact preset, zoom views: the square's half-side in image fractions (default: chosen on "
+                        "the validation classes among 0.25-0.45)")
     p.add_argument("--no-umap", action="store_true",
                    help="skip the UMAP maps of the stored test gallery (the app then fits them on first visit)")
     p.set_defaults(func=cmd_train)

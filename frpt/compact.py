@@ -9,7 +9,10 @@ view (:mod:`frpt.feature_cache`) and every epoch after that costs seconds. The r
    saliency-weighted GeM of the original map feeding a temporary cosine classifier (or, opted into by
    ``prompt_supervision="boxes"``, by fitting the crop to the training images' boxes). Keep it only
    if its crops retrieve the validation classes better than the untrained (activation energy) saliency.
-4. Cache the crop views with the chosen prompt.
+4. Zoom views (opt-in, ``"zoom"`` in ``ModelConfig.views``, a departure: issue 30's part zoom): the square's
+   half-side is chosen among :data:`ZOOM_HALVES` by R@1 + MAP@R of the untrained multi-view embedding on the
+   validation classes (unless ``ModelConfig.zoom_half`` fixes it) and stored in the config.
+   Cache the crop (and zoom) views with the chosen prompt.
 5. Head (CAH + GeM + BNNeck + classifier; variants with CAH or BNNeck): trained on every cached view, one epoch
    per pass over them, the epoch chosen by validation R@1 of the multi-view embedding; then retrained on all
    training classes for that many epochs.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import CARD, load_card, save_checkpoint
-from .config import TrainConfig
+from .config import PROMPT_VIEWS, TrainConfig
 from .errors import CheckpointError
 from .evaluation import Embeddings
 from .feature_cache import CachedSplit, cache_split
@@ -242,7 +245,10 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
         if not resume:
             raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose a new --out.")
         card = load_card(out_dir)
-        if card["model"] != asdict(model.config) or card.get("train") != asdict(cfg):
+        stored = dict(card["model"])
+        if not model.config.zoom_half:  # chosen by the run (not yet by this command's model): compare the rest
+            stored["zoom_half"] = 0.0
+        if stored != asdict(model.config) or card.get("train") != asdict(cfg):
             raise CheckpointError(f"{out_dir} holds a run with another model or training config; "
                                   "resume with the same options, or choose a new --out folder.")
         return card  # the compact recipe writes its checkpoint once, at the end: a card means it is done
@@ -250,7 +256,7 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
     started = time.perf_counter()
     model.eval()
     kw = dict(batch_size=batch_size, workers=workers, precision=precision, engine=engine, progress=progress)
-    base_views = tuple(v for v in model.config.view_list if not v.startswith("crop"))
+    base_views = tuple(v for v in model.config.view_list if v not in PROMPT_VIEWS)
     train_maps = cache_split(model, train_set, tuple(dict.fromkeys(("orig", "flip", *base_views))), cache_root,
                              "train", **kw)
     cache_seconds = train_maps.seconds
@@ -260,6 +266,11 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
     if model.prompt is not None and cfg.prompt_epochs > 0:
         report.update(_choose_prompt(model, train_set, train_maps, fit, val, cfg, cache_root, kw))
     views = model.config.view_list
+    if any(v.startswith("zoom") for v in views) and not model.config.zoom_half:
+        if not len(val):
+            raise CheckpointError("The zoom views choose their half-side on the validation classes; pass "
+                                  "--val-fraction above 0, or fix it with --zoom-half.")
+        report["zoom_validation"] = choose_zoom(model, train_set, train_maps, val, cache_root, kw)
     train_maps = cache_split(model, train_set, views, cache_root, "train", **kw)
     cache_seconds += train_maps.seconds
     # Without CAH or BNNeck, training would move only the classifier, which the embedding does not use.
@@ -346,6 +357,44 @@ def choose_whitening(model: FRPT, cached: CachedSplit, fit: np.ndarray, val: np.
     return {"scores": scores, "shrink": None if best == "none" else float(best)}
 
 
+# Half-sides of the zoom views' square tried on validation (issue 30's probe chose 0.3, the edge of 0.2-0.3).
+ZOOM_HALVES = (0.25, 0.3, 0.35, 0.4, 0.45)
+
+
+def choose_zoom(model: FRPT, train_set: Dataset, train_maps: CachedSplit, val: np.ndarray, cache_root: Path,
+                kw: dict[str, Any], halves: tuple[float, ...] = ZOOM_HALVES) -> dict[str, Any]:
+    """Choose the zoom views' half-side: the untrained multi-view embedding (every configured view, the head's
+    open gate, GeM, no whitening) of the validation images for each of ``halves``, scored by R@1 + MAP@R as
+    :func:`choose_whitening`; the best is set in ``model.config.zoom_half``. Returns the scores (with the
+    embedding without the zoom views under "none", for reference) and the chosen ``half``."""
+    val_set = image_subset(train_set, val)
+    views = model.config.view_list
+    others = tuple(v for v in views if not v.startswith("zoom"))
+    maps = {v: train_maps.maps[v][val] for v in others if v in train_maps.maps}
+    maps.update(cache_split(model, val_set, tuple(v for v in others if v not in maps), cache_root, "val", **kw).maps)
+    labels, rows = train_maps.labels[val], np.arange(len(val))
+    scores = {"none": _score(embed_cached(model, maps, rows), labels)}
+    for half in halves:
+        model.config = replace(model.config, zoom_half=half)
+        zoom = cache_split(model, val_set, tuple(v for v in views if v.startswith("zoom")), cache_root, "val", **kw)
+        scores[str(half)] = _score(embed_cached(model, {**maps, **zoom.maps}, rows), labels)
+    best = max(halves, key=lambda h: scores[str(h)]["recall@1"] + scores[str(h)]["map@r"])  # a tie: the smaller
+    model.config = replace(model.config, zoom_half=best)
+    return {"scores": scores, "half": best}
+
+
+def image_subset(dataset: Dataset, index: np.ndarray) -> Dataset:
+    """Images ``index`` of ``dataset`` with their ``samples`` and ``targets``, which the feature cache keys a split
+    by and reads its labels from."""
+    from torch.utils.data import Subset
+
+    subset = Subset(dataset, index.tolist())
+    for name in ("samples", "targets"):
+        if hasattr(dataset, name):
+            setattr(subset, name, [getattr(dataset, name)[i] for i in index])
+    return subset
+
+
 def _reset_head(model: FRPT, seed: int) -> None:
     """Re-initialise CAH and the embedding head from ``seed`` (deterministic; with the compact preset's open gate
     the re-initialised head embeds exactly like the untrained one, whatever its random weights)."""
@@ -359,13 +408,9 @@ def _reset_head(model: FRPT, seed: int) -> None:
 def _choose_prompt(model: FRPT, train_set: Dataset, train_maps: CachedSplit, fit: np.ndarray, val: np.ndarray,
                    cfg: TrainConfig, cache_root: Path, kw: dict[str, Any]) -> dict[str, Any]:
     """Train the prompt, then keep whichever saliency (untrained or trained) gives the better validation R@1
-    of the frozen multi-view GeM embedding through its crops."""
-    from torch.utils.data import Subset
-
-    val_set = Subset(train_set, val.tolist())
-    if hasattr(train_set, "samples"):
-        val_set.samples = [train_set.samples[i] for i in val]  # type: ignore[attr-defined]
-    views = model.config.view_list
+    of the frozen multi-view GeM embedding through its crops (the zoom views, chosen after, are left out)."""
+    val_set = image_subset(train_set, val)
+    views = tuple(v for v in model.config.view_list if not v.startswith("zoom"))
 
     def crop_score() -> float:
         crop_views = tuple(v for v in views if v.startswith("crop"))

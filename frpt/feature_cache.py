@@ -4,8 +4,8 @@ The compact preset trains on these instead of running the frozen backbone every 
 pass of efficientnet_lite0 at 224 px costs ~30 ms an image, and the backbone never changes. A cache folder holds
 one sub-folder per (split, view): ``<split>/<view>/chunk-NNNNNN.npy``, each chunk written atomically when done,
 so a killed run resumes at the first missing chunk. ``key.json`` records what the maps depend on (backbone
-weights, input size, the images, the prompt's weights for crop views); a cache built for anything else is
-refused rather than silently reused.
+weights, input size, the images, the prompt's weights for crop and zoom views, the zoom's half-side); a cache
+built for anything else is refused rather than silently reused.
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from .engine import Plan, autocast, inference, plan
 from .errors import CheckpointError
 from .evaluation import loader
 from .fileio import atomic_write, atomic_write_text
+from .config import PROMPT_VIEWS
 from .models import FRPT
+from .models.crop import PEAK_TEMPERATURE
 
 CHUNK = 512  # images per chunk file: a kill loses at most this many images of work
 
@@ -66,16 +68,20 @@ def cache_key(model: FRPT, dataset: Dataset, view: str) -> dict[str, object]:
     key: dict[str, object] = {"backbone": model.config.backbone, "weights_sha256": model.backbone.weights_sha256,
                               "input_size": model.config.input_size, "images": len(dataset),
                               "dataset": _dataset_digest(dataset), "view": view}
-    if view.startswith("crop"):
+    if view in PROMPT_VIEWS:
         key["prompt"] = tensor_digest(dict(model.prompt.state_dict()))
         key["crop"] = [model.config.crop_std_scale, model.config.crop_margin, model.config.crop_min_half,
                        model.config.crop_max_half]
         key["crop_geometry"] = "fp32"  # crops cached before the box and grid were fp32 under autocast differ
+    if view.startswith("zoom"):
+        key["zoom"] = [model.config.zoom_half, PEAK_TEMPERATURE]
     return key
 
 
 def _view_folder(root: Path, split: str, view: str, key: dict[str, object]) -> Path:
+    # Prompt views live apart per prompt, zoom views also per half-side, so a grid of them shares one cache.
     suffix = f"-{key['prompt']}" if "prompt" in key else ""
+    suffix += f"-{key['zoom'][0]:g}" if "zoom" in key else ""
     folder = root / split / f"{view}{suffix}"
     key_file = folder / "key.json"
     if key_file.is_file():

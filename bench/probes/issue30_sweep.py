@@ -23,6 +23,8 @@ Modes:
               zoom           a part zoom: a square crop of half-side S centred on the peak of the prompt's saliency
                              (its mean at temperature 0.25), two more views (zoom, zoom-flip); S chosen on validation
                              among ``--zoom-halves`` (six views, unwhitened), then every image's six views whitened
+                             (the library's zoom views since; ``frpt train --views ...,zoom,zoom-flip`` chooses S
+                             as this does, before the head)
 
 Each whitening's shrinkage is chosen on validation by R@1 + MAP@R (frpt.compact.choose_whitening's criterion,
 "none" kept on a tie). Records go to ``--out`` (one per setting) and a table is printed.
@@ -53,14 +55,12 @@ sys.path.insert(0, str(REPO / "bench" / "probes"))
 
 import compact_head_sweep as chs  # noqa: E402
 from frpt.checkpoint import load_checkpoint  # noqa: E402
-from frpt.compact import WHITENING_SHRINKS, validation_split  # noqa: E402
+from frpt.compact import WHITENING_SHRINKS, image_subset, validation_split  # noqa: E402
 from frpt.config import train_config  # noqa: E402
 from frpt.data import build_dataset, build_transform  # noqa: E402
 from frpt.feature_cache import CachedSplit, cache_split  # noqa: E402
 from frpt.metrics import map_at_r, recall_at_k  # noqa: E402
 from frpt.models import FRPT  # noqa: E402
-from frpt.models.crop import CropPrompt  # noqa: E402
-from frpt.models.edit import PromptEdit  # noqa: E402
 from frpt.models.head import WithinClassWhitening  # noqa: E402
 
 Vectors = dict[str, torch.Tensor]  # per view, (N, C) pooled vectors of a whole split
@@ -162,45 +162,19 @@ def concat_views(a: Vectors, b: Vectors, suffix: str) -> Vectors:
     return {**a, **{f"{v}@{suffix}": f for v, f in b.items()}}
 
 
-class PeakZoom(CropPrompt):
-    """The checkpoint's crop prompt with another box: a square of half-side ``half`` centred on the saliency's
-    peak (the mean of the saliency sharpened to temperature ``peak_temperature``, a soft argmax on the final map's
-    grid), kept inside the image. As a model's prompt, its "crop" and "crop-flip" views are the zoom; the half-side
-    (buffer ``zoom_half``) and the temperature are buffers, so the feature cache keys each zoom apart."""
-
-    def __init__(self, prompt: CropPrompt, half: float, peak_temperature: float = 0.25):
-        super().__init__(prompt.conv.in_channels, prompt.std_scale, prompt.margin, prompt.min_half, prompt.max_half)
-        self.conv.load_state_dict(prompt.conv.state_dict())
-        self.register_buffer("zoom_half", torch.tensor(float(half)))
-        self.register_buffer("peak_temperature", torch.tensor(float(peak_temperature)))
-
-    def box(self, saliency: torch.Tensor, edit: PromptEdit | None = None) -> torch.Tensor:
-        """(N, 4) centre x, centre y, half-width, half-height; ``edit`` is ignored (no what-ifs on the zoom)."""
-        sharp = saliency ** (1.0 / self.peak_temperature)
-        mx, my, _, _ = self._moments(sharp / sharp.sum(dim=(2, 3), keepdim=True))
-        half = self.zoom_half.to(mx).expand_as(mx)
-        cx, cy = mx.clamp(self.zoom_half, 1 - self.zoom_half), my.clamp(self.zoom_half, 1 - self.zoom_half)
-        return torch.stack([cx, cy, half, half], dim=1)
-
-
 def zoom_maps(model: FRPT, root: str, cache: str, split: str, half: float, index: np.ndarray | None = None
               ) -> dict[str, np.ndarray]:
-    """The zoom and zoom-flip maps of ``split`` (or of its images ``index``, cached as split ``<split>-<n>``)."""
-    from torch.utils.data import Subset
-
+    """The library's zoom and zoom-flip maps (:meth:`frpt.models.crop.CropPrompt.zoom_box`, half-side ``half``) of
+    ``split`` (or of its images ``index``, cached as split ``<split>-<n>``)."""
     dataset = build_dataset("cub", split, root=root, transform=build_transform(model.config.input_size, train=False))
     name = split
     if index is not None:
-        subset = Subset(dataset, index.tolist())
-        subset.samples = [dataset.samples[i] for i in index]  # the cache key digests the image list
-        subset.targets = [dataset.targets[i] for i in index]
-        dataset, name = subset, f"{split}-{len(index)}"
-    prompt, model.prompt = model.prompt, PeakZoom(model.prompt, half)
+        dataset, name = image_subset(dataset, index), f"{split}-{len(index)}"
+    saved, model.config = model.config, replace(model.config, zoom_half=half)
     try:
-        maps = cache_split(model, dataset, ("crop", "crop-flip"), cache, name, precision="auto", progress=False).maps
+        return cache_split(model, dataset, ("zoom", "zoom-flip"), cache, name, precision="auto", progress=False).maps
     finally:
-        model.prompt = prompt
-    return {"zoom": maps["crop"], "zoom-flip": maps["crop-flip"]}
+        model.config = saved
 
 
 def zoom_setting(model: FRPT, pool: Pooling, args: argparse.Namespace, train: CachedSplit, test: CachedSplit,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .backbone import Backbone
 from .crop import CropPrompt
 from .edit import PromptEdit
@@ -86,7 +87,11 @@ class FRPT(nn.Module):
 
         ``known``: crop prompt only, maps of these same images already computed (cached "orig"/"flip" maps, which
         no prompt edit changes), used instead of running the backbone again. An identity edit's crop is the whole
-        image, so its crop views are the original's maps."""
+        image, so its crop views are the original's maps.
+
+        The "zoom" views (ours, issue 30) are a square of half-side ``config.zoom_half`` on the peak of the same
+        saliency (:meth:`CropPrompt.zoom_box`); an edit reaches them through its temperature only (its scale and
+        shift are the object crop's), and an identity edit's zoom views are the original's maps too."""
         views = self.config.view_list
         if self.training:
             views = ("crop",) if isinstance(self.prompt, CropPrompt) else ("orig",)
@@ -102,7 +107,14 @@ class FRPT(nn.Module):
             maps["orig"] = self.backbone(self.normalize(images))
         prompt = self.prompt(images, maps["orig"], temperature, edit)
         sources = {"flip": images.flip(-1), "crop": prompt.warped, "crop-flip": prompt.warped.flip(-1)}
-        same = {"crop": "orig", "crop-flip": "flip"} if edit is not None and edit.identity else {}
+        same = {"crop": "orig", "crop-flip": "flip", "zoom": "orig", "zoom-flip": "flip"} \
+            if edit is not None and edit.identity else {}
+        if any(v.startswith("zoom") and v not in maps and v not in same for v in views):
+            if not self.config.zoom_half:
+                raise ConfigError("The zoom views need a half-side (ModelConfig.zoom_half): compact training "
+                                  "chooses it on the validation classes, or pass --zoom-half.")
+            zoomed, _ = self.prompt.sample(images, self.prompt.zoom_box(prompt.saliency, self.config.zoom_half))
+            sources.update({"zoom": zoomed, "zoom-flip": zoomed.flip(-1)})
         for view in views:
             if view not in maps and view in same:
                 if same[view] not in maps:

@@ -120,6 +120,7 @@ class OurRow:
     whitening: bool = False  # the compact preset's whitened head (a named departure from Eq. 9)
     epochs: int | None = None  # epochs trained (for the short profile, whose length varies from row to row)
     images_seen: int | None = None  # training images seen, the short profile's epochs may be cut to some batches
+    setting: str | None = None  # a probe's named setting (rows of one probe profile differ only by it)
 
     @property
     def gpu(self) -> str:
@@ -147,7 +148,7 @@ class OurRow:
             f" ({self.prompt} DPP)"
         head = " + whitening" if self.whitening else ""
         return f"{self.preset}/{self.variant}{prompt}{head} · {self.profile} {self.input_size} px{self.length}" + \
-            (f" · {self.where}" if self.where else "")
+            (f" · {self.where}" if self.where else "") + (f" · {self.setting}" if self.setting else "")
 
     @property
     def length(self) -> str:
@@ -179,7 +180,8 @@ def _our_row(r: dict[str, Any]) -> OurRow:
                   command=str(r.get("command") or ""), commit=str(r.get("commit") or ""), date=r.get("date"),
                   machine=r.get("machine"), data_copy=r.get("data_copy"), whitening=bool(r.get("whitening")),
                   epochs=None if r.get("epochs") is None else int(r["epochs"]),
-                  images_seen=None if r.get("train_images_seen") is None else int(r["train_images_seen"]))
+                  images_seen=None if r.get("train_images_seen") is None else int(r["train_images_seen"]),
+                  setting=None if r.get("setting") is None else str(r["setting"]))
 
 
 def _read_records(path: Path) -> tuple[bytes, list]:

@@ -185,3 +185,13 @@ def test_short_profile_rows_say_how_long_they_trained(tmp_path):
     assert rows[0].label.endswith("short 224 px, 4 epochs (2,560 images)")
     assert "short 224 px, 1 epoch (5,856 images) · H100" in rows[1].label
     assert "epoch" not in rows[2].label
+
+
+def test_a_probes_rows_are_told_apart_by_their_setting():
+    """The issue-30 probe records several settings of one preset, variant, profile and size (bench/results.json,
+    profile compact-probe): on the real file each of its rows has a label of its own, naming the setting."""
+    probe = [r for r in rep.load_results().rows if r.profile == "compact-probe"]
+    assert len(probe) >= 2
+    labels = [r.label for r in probe]
+    assert len(set(labels)) == len(labels)
+    assert all(label.endswith(f" · {r.setting}") for r, label in zip(probe, labels))

@@ -46,9 +46,12 @@ else:
     rows = logic.live_metrics_table(ctx.card, ctx.dataset, live, gallery.done, None if gallery.complete
                                     else gallery.total)
     st.dataframe(rows, hide_index=True, width="stretch")
+    gap = logic.live_vs_card(ctx.card, ctx.dataset, live["after"], gallery.engine, gallery.precision) \
+        if gallery.complete else None
     st.caption("Every test image queries all the others (cosine); recall@K and MAP@R, as the card records them."
                + ("" if gallery.complete else " A partial gallery's images retrieve among themselves only (fewer "
-                  "images of each class): its figures say how the checkpoint does on those images, not its score."))
+                  "images of each class): its figures say how the checkpoint does on those images, not its score.")
+               + (f" {gap}" if gap else ""))
 
 st.subheader("Pages")
 explore, retrieve, results = st.columns(3)

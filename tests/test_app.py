@@ -203,3 +203,15 @@ def test_a_large_test_split_is_picked_by_number_not_listed(app, monkeypatch):
     assert _images(at) >= 1 + 8 + 2
     at = at.switch_page(PAGES[0]).run().switch_page(PAGES[3]).run()
     assert at.number_input(key="w.ret.position").value == 5 and at.session_state["frpt.ret.index"] == 5
+
+
+def test_a_live_figure_off_the_card_says_by_how_many_queries_and_what_computed_each():
+    from frpt.ui.logic import live_vs_card
+
+    card = {"dataset": {"name": "cub"}, "metrics": {"recall@1": 0.68}, "inference": {"engine": "openvino",
+                                                                                    "precision": "bf16"}}
+    assert live_vs_card(card, "cub", {"recall@1": 0.68 + 0.4 / 5924, "queries": 5924}, "openvino", "bf16") is None
+    note = live_vs_card(card, "cub", {"recall@1": 0.68 - 3 / 5924, "queries": 5924}, "torch", "fp32")
+    assert note.startswith("Live R@1 is below the card's by 3 of 5,924 queries") and "openvino bf16" in note
+    assert "torch fp32 here" in note
+    assert live_vs_card(card, "synthetic", {"recall@1": 0.1, "queries": 240}, "torch", "fp32") is None

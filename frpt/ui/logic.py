@@ -335,6 +335,25 @@ def live_metrics_table(card: dict[str, Any], dataset: str, live: dict[str, dict[
     return [row for row in metrics_table(cards) if row["metric"] in keys]
 
 
+def live_vs_card(card: dict[str, Any], dataset: str, live: dict[str, float], engine: str | None,
+                 precision: str | None) -> str | None:
+    """Two sentences when the complete gallery's R@1 (``live``, computed here by ``engine`` at ``precision``) is not
+    the card's: by how many queries, and what computed each (on the demo's 240 queries bf16 against fp32 alone moved
+    6 on one machine). None when they agree to a query or the card has no figures of ``dataset``."""
+    recorded = card.get("metrics") or {}
+    if (card.get("dataset") or {}).get("name") != dataset or "recall@1" not in recorded or not live.get("queries"):
+        return None
+    queries = int(live["queries"])
+    flipped = round(abs(live["recall@1"] - recorded["recall@1"]) * queries)
+    if flipped < 1:
+        return None
+    inference = card.get("inference") or {}
+    made = f"{inference['engine']} {inference['precision']}" if inference else "an engine it does not record"
+    return (f"Live R@1 is {'above' if live['recall@1'] > recorded['recall@1'] else 'below'} the card's by {flipped} "
+            f"of {queries:,} queries ({100 / queries:.2f} points each). The card's figures were computed by {made} "
+            f"on the machine that trained it, these by {engine or 'torch'} {precision or 'fp32'} here.")
+
+
 def log_figure(rows: list[dict[str, str]]):
     """Training curves from ``log.csv`` rows: loss (left axis) and test R@1 where logged (right axis)."""
     import plotly.graph_objects as go
@@ -437,5 +456,5 @@ def sweep_figures(result) -> dict[str, Any]:
 
 
 __all__ = ["PromptPanels", "prompt_panels", "Ranking", "rank_gallery", "ranking_csv", "class_colors", "umap_figure",
-           "selected_rows", "card_summary", "metrics_table", "live_metrics_table", "log_figure", "compact_figures",
-           "sweep_figures"]
+           "selected_rows", "card_summary", "metrics_table", "live_metrics_table", "live_vs_card", "log_figure",
+           "compact_figures", "sweep_figures"]

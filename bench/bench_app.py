@@ -13,7 +13,13 @@ the app's precision, then the 2,000-point UMAP maps before and after the head, t
 and then the warm visit (reading both back from disk). The Retrieval page's first visit is the gallery step alone.
 --stored keeps what the checkpoint folder already holds (the gallery and maps `frpt train` stores from its final
 test evaluation, or `frpt embed`'s): the first visit of a checkpoint trained or embedded on this machine.
+--warp-gallery N times the Warp gallery's computation for a sample of N test images (the prompt on each, the
+warp's measures, the side-by-side pictures): the first sample (the process's first engine use; the compiled model
+comes from the disk cache when there is one) and three more samples.
 Prints one JSON line.
+
+    python bench/bench_app.py --warp-gallery 48 --checkpoint assets/cub/compact-frpt-288 --dataset cub \
+                              --root ../shared/data/CUB_200_2011
 """
 from __future__ import annotations
 
@@ -49,11 +55,15 @@ def main() -> None:
     p.add_argument("--first-view", action="store_true", help="time a checkpoint's first and warm Embedding space")
     p.add_argument("--stored", action="store_true",
                    help="--first-view on the checkpoint as it is, with the gallery and maps it stores")
+    p.add_argument("--warp-gallery", type=int, default=0, metavar="N", help="time the Warp gallery for N images")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--root", default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.warp_gallery:
+        print(json.dumps(warp_gallery(args.checkpoint, args.dataset, args.root, args.warp_gallery)))
+        return
     if args.first_view:
         print(json.dumps(first_view(args.checkpoint, args.dataset, args.root, args.stored)))
         return
@@ -106,6 +116,30 @@ def main() -> None:
         "umap_import_s": round(import_s, 2), "umap_first_fit_s": round(first_s, 2),
         "umap_second_fit_plus_procrustes_s": round(second_s, 2),
     }))
+
+
+def warp_gallery(checkpoint: str, dataset: str, root: str | None, n: int) -> dict:
+    """Seconds of the Warp gallery page's computation (frpt.warp_gallery) for four samples of ``n`` test images."""
+    from frpt import warp_gallery as wg
+    from frpt.checkpoint import load_checkpoint
+    from frpt.data import build_dataset, build_transform
+
+    t0 = time.perf_counter()
+    model, card = load_checkpoint(checkpoint)
+    ds = build_dataset(dataset, "test", root=root, transform=build_transform(card["input_size"], train=False))
+    load_s = time.perf_counter() - t0
+    records_s, pictures_s = [], []
+    for seed in range(4):
+        t0 = time.perf_counter()
+        records = wg.warp_records(model, ds, wg.pick_indices(ds, n, seed=seed))
+        records_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        [wg.pair_image(r) for r in records]
+        pictures_s.append(time.perf_counter() - t0)
+    return {"checkpoint": checkpoint, "dataset": dataset, "images": n, "input_size": card["input_size"],
+            "load_s": round(load_s, 2), "first_sample_s": round(records_s[0], 3),
+            "next_samples_s": [round(s, 3) for s in records_s[1:]], "pictures_s": round(statistics.median(pictures_s), 3),
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
 
 
 def first_view(checkpoint: str, dataset: str, root: str | None, stored: bool = False) -> dict:

@@ -130,3 +130,14 @@ def test_cli_check_exit_codes(tmp_path):
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_app_server_does_not_collect_all_garbage_after_every_page_run():
+    """Streamlit's default gc.collect(2) after each script run held the interpreter lock about half a second a page
+    with torch and plotly loaded: twenty visitors waited a median 4.8 s a page behind it, 0.5 s without (bench/
+    RESULTS.md, "The soak", session 18). `make app` and `make serve` both start Streamlit in the repository, where
+    this file sets it."""
+    import tomllib
+
+    settings = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert settings["runner"]["postScriptGC"] is False

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from . import __version__
-from .config import PRESETS, PROMPTS, VARIANTS, VIEWS, ModelConfig, TrainConfig, from_dict
+from .config import PRESETS, PROMPTS, VARIANTS, VIEWS, ZOOM_VIEWS, ModelConfig, TrainConfig, from_dict
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, atomic_write_text, remove_stale_temps
 from .models import RANDOM_WEIGHTS, FRPT, Backbone, file_sha256
@@ -255,7 +255,7 @@ def _model_config(card: dict[str, Any], folder: Path) -> ModelConfig:
             raise CheckpointError(f"Checkpoint {folder} has an invalid model.{f.name} {value!r}; "
                                   "the card was edited or damaged, retrain or re-export the checkpoint.")
     views = config.views.split(",")
-    zoom = any(v.startswith("zoom") for v in views)
+    zoom = any(v in ZOOM_VIEWS for v in views)
     if config.prompt not in PROMPTS or not views or any(v not in VIEWS for v in views) \
             or not 0 < config.crop_min_half <= config.crop_max_half <= 0.5 or config.zoom_half > 0.5 \
             or (zoom and (config.prompt != "crop" or not config.zoom_half)):

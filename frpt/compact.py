@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import CARD, load_card, save_checkpoint
-from .config import PROMPT_VIEWS, TrainConfig
+from .config import PROMPT_VIEWS, ZOOM_VIEWS, TrainConfig
 from .errors import CheckpointError
 from .evaluation import Embeddings
 from .feature_cache import CachedSplit, cache_split
@@ -266,7 +266,7 @@ def train_compact(model: FRPT, train_set: Dataset, cfg: TrainConfig, out_dir: st
     if model.prompt is not None and cfg.prompt_epochs > 0:
         report.update(_choose_prompt(model, train_set, train_maps, fit, val, cfg, cache_root, kw))
     views = model.config.view_list
-    if any(v.startswith("zoom") for v in views) and not model.config.zoom_half:
+    if any(v in ZOOM_VIEWS for v in views) and not model.config.zoom_half:
         if not len(val):
             raise CheckpointError("The zoom views choose their half-side on the validation classes; pass "
                                   "--val-fraction above 0, or fix it with --zoom-half.")
@@ -370,14 +370,14 @@ def choose_zoom(model: FRPT, train_set: Dataset, train_maps: CachedSplit, val: n
     embedding without the zoom views under "none", for reference) and the chosen ``half``."""
     val_set = image_subset(train_set, val)
     views = model.config.view_list
-    others = tuple(v for v in views if not v.startswith("zoom"))
+    others = tuple(v for v in views if v not in ZOOM_VIEWS)
     maps = {v: train_maps.maps[v][val] for v in others if v in train_maps.maps}
     maps.update(cache_split(model, val_set, tuple(v for v in others if v not in maps), cache_root, "val", **kw).maps)
     labels, rows = train_maps.labels[val], np.arange(len(val))
     scores = {"none": _score(embed_cached(model, maps, rows), labels)}
     for half in halves:
         model.config = replace(model.config, zoom_half=half)
-        zoom = cache_split(model, val_set, tuple(v for v in views if v.startswith("zoom")), cache_root, "val", **kw)
+        zoom = cache_split(model, val_set, tuple(v for v in views if v in ZOOM_VIEWS), cache_root, "val", **kw)
         scores[str(half)] = _score(embed_cached(model, {**maps, **zoom.maps}, rows), labels)
     best = max(halves, key=lambda h: scores[str(h)]["recall@1"] + scores[str(h)]["map@r"])  # a tie: the smaller
     model.config = replace(model.config, zoom_half=best)
@@ -411,7 +411,7 @@ def _choose_prompt(model: FRPT, train_set: Dataset, train_maps: CachedSplit, fit
     """Train the prompt, then keep whichever saliency (untrained or trained) gives the better validation R@1
     of the frozen multi-view GeM embedding through its crops (the zoom views, chosen after, are left out)."""
     val_set = image_subset(train_set, val)
-    views = tuple(v for v in model.config.view_list if not v.startswith("zoom"))
+    views = tuple(v for v in model.config.view_list if v not in ZOOM_VIEWS)
 
     def crop_score() -> float:
         crop_views = tuple(v for v in views if v.startswith("crop"))

@@ -22,7 +22,8 @@ PROMPTS = ("warp", "crop")  # warp: the published DPP sampler; crop: the compact
 # Views whose normalised embeddings are averaged. "zoom" and "zoom-flip" are ours (compact, issue 30): a square
 # part zoom of half-side ModelConfig.zoom_half on the crop prompt's saliency peak, beside the object crop.
 VIEWS = ("orig", "flip", "crop", "crop-flip", "zoom", "zoom-flip")
-PROMPT_VIEWS = ("crop", "crop-flip", "zoom", "zoom-flip")  # the views a prompt produces (none without one)
+ZOOM_VIEWS = ("zoom", "zoom-flip")  # the part zoom's views (issue 30)
+PROMPT_VIEWS = ("crop", "crop-flip", *ZOOM_VIEWS)  # the views a prompt produces (none without one)
 
 # What the compact preset changes, why, and where its effect is measured (bench/RESULTS.md, "compact preset").
 COMPACT_DEPARTURES: dict[str, str] = {
@@ -196,7 +197,7 @@ def model_config(preset: str = "paper", variant: str = "frpt", **overrides: Any)
     views = config.views.split(",")
     if any(v not in VIEWS for v in views) or len(set(views)) != len(views):
         raise ConfigError(f"Unknown or repeated view in {config.views!r}; choose among {', '.join(VIEWS)}.")
-    if any(v.startswith("zoom") for v in views) and config.prompt != "crop":
+    if any(v in ZOOM_VIEWS for v in views) and config.prompt != "crop":
         raise ConfigError("The zoom views read the crop prompt's saliency; use them with --preset compact.")
     if not 0 <= config.zoom_half <= 0.5:
         raise ConfigError(f"--zoom-half {config.zoom_half} is not a half-side in (0, 0.5] (0: chosen on validation).")
@@ -223,5 +224,5 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
-__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "PROMPTS", "VIEWS", "PROMPT_VIEWS", "COMPACT_DEPARTURES",
+__all__ = ["PRESETS", "VARIANTS", "DPP_VARIANTS", "PROMPTS", "VIEWS", "ZOOM_VIEWS", "PROMPT_VIEWS", "COMPACT_DEPARTURES",
            "PROMPT_SUPERVISION", "ModelConfig", "TrainConfig", "model_config", "train_config", "from_dict"]

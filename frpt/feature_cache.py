@@ -25,7 +25,7 @@ from .engine import Plan, autocast, inference, plan
 from .errors import CheckpointError
 from .evaluation import loader
 from .fileio import atomic_write, atomic_write_text
-from .config import PROMPT_VIEWS
+from .config import PROMPT_VIEWS, ZOOM_VIEWS
 from .models import FRPT
 from .models.crop import PEAK_TEMPERATURE
 
@@ -73,7 +73,7 @@ def cache_key(model: FRPT, dataset: Dataset, view: str) -> dict[str, object]:
         key["crop"] = [model.config.crop_std_scale, model.config.crop_margin, model.config.crop_min_half,
                        model.config.crop_max_half]
         key["crop_geometry"] = "fp32"  # crops cached before the box and grid were fp32 under autocast differ
-    if view.startswith("zoom"):
+    if view in ZOOM_VIEWS:
         key["zoom"] = [model.config.zoom_half, PEAK_TEMPERATURE]
     return key
 

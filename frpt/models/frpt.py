@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ZOOM_VIEWS, ModelConfig
 from ..errors import ConfigError
 from .backbone import Backbone
 from .crop import CropPrompt
@@ -109,7 +109,7 @@ class FRPT(nn.Module):
         sources = {"flip": images.flip(-1), "crop": prompt.warped, "crop-flip": prompt.warped.flip(-1)}
         same = {"crop": "orig", "crop-flip": "flip", "zoom": "orig", "zoom-flip": "flip"} \
             if edit is not None and edit.identity else {}
-        if any(v.startswith("zoom") and v not in maps and v not in same for v in views):
+        if any(v in ZOOM_VIEWS and v not in maps and v not in same for v in views):
             if not self.config.zoom_half:
                 raise ConfigError("The zoom views need a half-side (ModelConfig.zoom_half): compact training "
                                   "chooses it on the validation classes, or pass --zoom-half.")

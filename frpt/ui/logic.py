@@ -317,6 +317,11 @@ def metrics_table(cards: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"metric": k, **{name: (card.get("metrics") or {}).get(k) for name, card in cards.items()}} for k in keys]
 
 
+def _card_metrics(card: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The card's test figures if they were measured on ``dataset``, else none."""
+    return (card.get("metrics") or {}) if (card.get("dataset") or {}).get("name") == dataset else {}
+
+
 def live_metrics_table(card: dict[str, Any], dataset: str, live: dict[str, dict[str, float]], done: int,
                        total: int | None) -> list[dict[str, Any]]:
     """Home's table: the card's test figures (where it was evaluated on ``dataset``) beside the ones measured live
@@ -325,7 +330,7 @@ def live_metrics_table(card: dict[str, Any], dataset: str, live: dict[str, dict[
     ``live["before"]`` (a head that leaves the pooled features as they are, :func:`head_is_identity`) one live
     column."""
     scope = "live" if total is None else f"{done:,} of {total:,} images"
-    cards = {"card": card} if (card.get("dataset") or {}).get("name") == dataset and card.get("metrics") else {}
+    cards = {"card": card} if _card_metrics(card, dataset) else {}
     if "before" not in live:
         cards[f"{scope} (no head: before = after)"] = {"metrics": live["after"]}
     else:
@@ -340,8 +345,8 @@ def live_vs_card(card: dict[str, Any], dataset: str, live: dict[str, float], eng
     """Two sentences when the complete gallery's R@1 (``live``, computed here by ``engine`` at ``precision``) is not
     the card's: by how many queries, and what computed each (on the demo's 240 queries bf16 against fp32 alone moved
     6 on one machine). None when they agree to a query or the card has no figures of ``dataset``."""
-    recorded = card.get("metrics") or {}
-    if (card.get("dataset") or {}).get("name") != dataset or "recall@1" not in recorded or not live.get("queries"):
+    recorded = _card_metrics(card, dataset)
+    if "recall@1" not in recorded or not live.get("queries"):
         return None
     queries = int(live["queries"])
     flipped = round(abs(live["recall@1"] - recorded["recall@1"]) * queries)
